@@ -1,0 +1,204 @@
+"""Load checkpoints of the public reference implementation (SiT / ELIT-SiT / DFM-SiT) into our models.
+
+Reference layout -> ours (everything else has the same name):
+    pos_embed                                           dropped (fixed sin-cos table; checked equal to ours)
+    projectors.0.*                                      projector.*
+    input_token_editor.adapters.0.learned_query_embed   read.queries          (K, D)
+    input_token_editor.adapters.0.pos_embed             read.window_pos       (K, D)
+    input_token_editor.adapters.0.latent_pos_embed      read.latent_pos       (4096, D) rows at the raster
+                                                                              positions of (window, slot) -> (G, K, D)
+    ....fit_layer.latents_attend_to_patches.0.*         read.attn.*
+    ....fit_layer.read_ff.0.*                           read.mlp.*
+    ....fit_layer.adaLN_modulation.1.*                  read.adaLN_modulation.1.*  (first 6 of its 7 chunks: the
+                                                                              reference computes a 7th and never uses it)
+    output_token_editor.adapters.0.pos_embed            write.window_pos
+    ....patches_attend_to_latents.N.* / write_ff.N.*    write.layers.N.attn.* / write.layers.N.mlp.*
+    x_embedder.embedders.N / t_embedder.embedders.N     x_embedder.N / t_embedder.N       (DFM)
+    final_layer.projections.N                           final_layer.N                     (DFM)
+
+The reference's ELIT Write always attends to every latent slot, so converted ELIT models get
+`elit_write_dropped_latents=True` unless the caller's config says otherwise.
+
+Command line (a reference checkpoint -> a checkpoint our scripts load):
+    python -m models.convert --ckpt ref/0400000.pt --model ELIT-SiT-XL/2 --resolution 256 --out converted.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+import torch.nn as nn
+
+READ = "input_token_editor.adapters.0."
+WRITE = "output_token_editor.adapters.0."
+
+# Reference constructor / argparse names -> ours.
+REFERENCE_NAMES = {
+    "encoder_depth": "elit_head_depth",      # for ELIT the reference ties its REPA depth to the head depth
+    "dit_decoder_depth": "elit_tail_depth",
+    "group_size": "elit_group_size",
+    "num_scales": "dfm_stages",
+}
+OUR_SETTINGS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
+                "num_classes", "qk_norm")
+
+
+def config_from_reference(family: str, ref: dict) -> dict:
+    """Reference constructor kwargs (or its training args) -> our model settings."""
+    cfg = {k: ref[k] for k in OUR_SETTINGS if k in ref}
+    if "resolution" in ref:
+        cfg.setdefault("input_size", ref["resolution"] // 8)
+    if family == "ELIT-SiT":
+        for theirs, ours in REFERENCE_NAMES.items():
+            if theirs in ref and ours.startswith("elit_"):
+                cfg[ours] = ref[theirs]
+        cfg.setdefault("elit_write_dropped_latents", True)
+    if family == "DFM-SiT" and "num_scales" in ref:
+        cfg["dfm_stages"] = ref["num_scales"]
+    return cfg
+
+
+def _rename(key: str) -> str:
+    rules = [
+        (r"^projectors\.0\.", "projector."),
+        (r"^x_embedder\.embedders\.", "x_embedder."),
+        (r"^t_embedder\.embedders\.", "t_embedder."),
+        (r"^final_layer\.projections\.", "final_layer."),
+        (rf"^{re.escape(READ)}learned_query_embed$", "read.queries"),
+        (rf"^{re.escape(READ)}pos_embed$", "read.window_pos"),
+        (rf"^{re.escape(READ)}latent_pos_embed$", "read.latent_pos"),
+        (rf"^{re.escape(READ)}fit_layer\.latents_attend_to_patches\.0\.", "read.attn."),
+        (rf"^{re.escape(READ)}fit_layer\.read_ff\.0\.", "read.mlp."),
+        (rf"^{re.escape(READ)}fit_layer\.adaLN_modulation\.", "read.adaLN_modulation."),
+        (rf"^{re.escape(WRITE)}pos_embed$", "write.window_pos"),
+        (rf"^{re.escape(WRITE)}patches_attend_to_latents\.(\d+)\.", r"write.layers.\1.attn."),
+        (rf"^{re.escape(WRITE)}write_ff\.(\d+)\.", r"write.layers.\1.mlp."),
+    ]
+    for pattern, repl in rules:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def reference_state_dict_to_ours(model: nn.Module, state_dict: dict) -> dict:
+    """Rename and reshape a reference-layout state dict for `model` (raises on a positional-table mismatch)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key == "pos_embed":
+            ours = model.pos_embed
+            if hasattr(model, "raster_index"):                      # ELIT keeps tokens in window order
+                ours = ours[:, model.raster_index]
+            if value.shape != ours.shape or not torch.allclose(value.float(), ours.float(), atol=1e-5):
+                raise ValueError("the checkpoint's pos_embed differs from the 2-D sin-cos table of this model "
+                                 "(wrong input_size, patch_size or hidden_size?)")
+            continue
+        new = _rename(key)
+        if new == "read.latent_pos":
+            raster = torch.arange(model.grid * model.grid).view(1, 1, model.grid, model.grid)
+            order = model.to_windows(raster).flatten()              # raster position of each (window, slot)
+            if value.shape[0] <= int(order.max()):
+                raise ValueError(f"latent_pos_embed has {value.shape[0]} rows, the token grid needs {order.numel()}")
+            value = value[order].view(model.windows, model.slots, -1)
+        elif new.startswith("read.adaLN_modulation."):
+            value = value[: 6 * model.hidden_size]                  # drop the unused 7th chunk
+        out[new] = value
+    return out
+
+
+def _pick_name(family: str, cfg: dict) -> str:
+    from . import SIZES
+    for size, dims in SIZES.items():
+        if all(cfg.get(k) == v for k, v in dims.items()):
+            return f"{family}-{size}/{cfg.get('patch_size', 2)}"
+    return f"{family}-S/{cfg.get('patch_size', 2)}"                # sizes overridden below
+
+
+def convert_reference(family: str, state_dict: dict, config: dict, name: str | None = None) -> nn.Module:
+    """Build our `family` model from `config` (our vocabulary), load the reference `state_dict` strictly.
+
+    `name` (e.g. "ELIT-SiT-XL/2") picks the registry size; without it the size is inferred from `config`.
+    Returns the model in eval mode; `model.arch` rebuilds it.
+    """
+    from . import FAMILIES, build_model
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family '{family}': choose one of {', '.join(FAMILIES)}")
+    cfg = dict(config)
+    stage_sizes = cfg.pop("dfm_patch_sizes", None)
+    if family == "ELIT-SiT":
+        cfg.setdefault("elit_write_dropped_latents", True)
+    if any(k.startswith("projectors.") for k in state_dict):
+        if "repa_depth" not in cfg:
+            raise ValueError("the checkpoint has a REPA projector: pass repa_depth (the reference's encoder_depth)")
+        cfg.setdefault("repa_z_dim", state_dict["projectors.0.4.weight"].shape[0])
+    model = build_model(name or _pick_name(family, cfg), **cfg)
+    if stage_sizes is not None and list(stage_sizes) != list(model.stage_patch_sizes):
+        raise ValueError(f"reference patch sizes {list(stage_sizes)} differ from ours {model.stage_patch_sizes}")
+    ours = reference_state_dict_to_ours(model, state_dict)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"reference checkpoint does not fit {model.arch['name']}: missing {sorted(missing)}, "
+                         f"unexpected {sorted(unexpected)}")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+def load_reference_checkpoint(path: str) -> dict:
+    """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def main(argv=None) -> None:
+    from checkpoint import save_checkpoint          # script entry point: the library layer above models
+    from errors import UserError, run_main, user_errors
+    from . import parse_model_name
+
+    p = argparse.ArgumentParser(description="Convert a public-reference checkpoint into this repository's format.")
+    p.add_argument("--ckpt", required=True, help="reference checkpoint (.pt with 'ema'/'model' and 'args')")
+    p.add_argument("--out", required=True, help="where to write the converted checkpoint")
+    p.add_argument("--model", help="our model name, e.g. ELIT-SiT-XL/2 (default: the checkpoint's args.model)")
+    p.add_argument("--resolution", type=int, help="image resolution in pixels (default: args.resolution)")
+    p.add_argument("--entry", default="ema", help="state dict to convert: ema (default) or model")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra model settings in our vocabulary, e.g. elit_head_depth=8 repa_depth=8")
+
+    def run(args):
+        ckpt = load_reference_checkpoint(args.ckpt)
+        if args.entry not in ckpt:
+            raise UserError(f"{args.ckpt} has no '{args.entry}' entry (has: {', '.join(map(str, ckpt))})")
+        ref_args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}
+        name = args.model or ref_args.get("model")
+        if not name:
+            raise UserError("pass --model: the checkpoint does not name its model")
+        family, _, _ = parse_model_name(name)
+        cfg = config_from_reference(family, ref_args)
+        if args.resolution:
+            cfg["input_size"] = args.resolution // 8
+        if "encoder_depth" in ref_args and any(k.startswith("projectors.") for k in ckpt[args.entry]):
+            cfg["repa_depth"] = ref_args["encoder_depth"]
+        for item in args.set:
+            key, _, value = item.partition("=")
+            cfg[key] = eval_literal(value)
+        with user_errors():
+            model = convert_reference(family, ckpt[args.entry], cfg, name=name)
+        sd = model.state_dict()
+        save_checkpoint(args.out, {"model": sd, "ema": sd, "arch": model.arch, "step": int(ref_args.get("step", 0)),
+                                   "config": {"converted_from": args.ckpt}})
+        print(f"wrote {args.out} ({model.arch['name']})")
+
+    run_main(lambda: run(p.parse_args(argv)))
+
+
+def eval_literal(text: str):
+    import ast
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""DFM-SiT: Decomposable Flow Matching over a Laplacian pyramid (Haji-Ali et al., 2025, "Improving
+Progressive Generation with Decomposable Flow Matching").
+
+The image is split into S stages, coarsest first: stage 0 is the low-pass image downsampled S-1 times by
+bilinear x1/2 (align_corners=False), stage s > 0 the residual `low_s - up2(low_{s-1})`. Each stage gets its
+own patch embedding (patch sizes chosen so that every stage yields the same token grid), its own timestep
+embedder and its own output head; the transformer trunk is shared. Stage s has its own flow time t[:, s].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .sit import FinalLayer, PatchEmbed, SiT, TimestepEmbedder, unpatchify
+
+
+def down2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def decompose(x: torch.Tensor, stages: int) -> list[torch.Tensor]:
+    """Image (B, C, H, W) -> [coarsest low-pass (H / 2^(S-1)), residual, ..., finest residual (H)]."""
+    lows = [x]
+    for _ in range(stages - 1):
+        lows.insert(0, down2(lows[0]))
+    return [lows[0]] + [lows[s] - up2(lows[s - 1]) for s in range(1, stages)]
+
+
+def recompose(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Inverse of `decompose` (exact up to float rounding)."""
+    x = xs[0]
+    for residual in xs[1:]:
+        x = up2(x) + residual
+    return x
+
+
+def stage_patch_sizes(patch_size: int, stages: int) -> list[int]:
+    """Patch size per stage, coarsest first, so that every stage yields the same token grid."""
+    sizes = [patch_size // 2 ** (stages - 1 - s) for s in range(stages)]
+    if patch_size % 2 ** (stages - 1):
+        raise ValueError(
+            f"DFM with {stages} stages needs a patch size divisible by {2 ** (stages - 1)} so that every stage "
+            f"reaches the common token grid; got patch size {patch_size} (use /4 or /8 models for 3 stages)")
+    return sizes
+
+
+class DFMSiT(SiT):
+    """SiT over an S-stage Laplacian pyramid.
+
+    forward(xs: list of S tensors coarsest first, t (B, S), y (B,), active=None) -> list of S velocities.
+    Stages `active..S-1` are inactive: their input is zeroed (their patch embedding contributes only its
+    bias), as in the reference; their time embedding is still added (their t is 1 in training and sampling).
+    """
+
+    family = "DFM-SiT"
+
+    def __init__(self, *args, dfm_stages: int = 2, **kwargs):
+        if dfm_stages < 1:
+            raise ValueError(f"dfm_stages must be >= 1, got {dfm_stages}")
+        self.stages = dfm_stages
+        super().__init__(*args, **kwargs)
+        if self.input_size % 2 ** (self.stages - 1):
+            raise ValueError(f"input_size {self.input_size} cannot be halved {self.stages - 1} times")
+
+    def build_io(self) -> None:
+        self.stage_patch_sizes = stage_patch_sizes(self.patch_size, self.stages)
+        D, C = self.hidden_size, self.in_channels
+        self.x_embedder = nn.ModuleList(PatchEmbed(p, C, D) for p in self.stage_patch_sizes)
+        self.t_embedder = nn.ModuleList(TimestepEmbedder(D) for _ in self.stage_patch_sizes)
+        self.final_layer = nn.ModuleList(FinalLayer(D, p, C) for p in self.stage_patch_sizes)
+
+    def example_inputs(self, batch: int = 1, device=None) -> tuple:
+        x, _, y = super().example_inputs(batch, device)
+        return decompose(x, self.stages), torch.rand(batch, self.stages, device=device), y
+
+    def check_active(self, active) -> int:
+        if active is None:
+            return self.stages
+        if not 1 <= active <= self.stages:
+            raise ValueError(f"active must be in [1, {self.stages}], got {active}")
+        return active
+
+    def forward(self, xs, t, y, active=None, budget=None, return_features: bool = False):
+        self.check_budget(budget)
+        active = self.check_active(active)
+        if len(xs) != self.stages:
+            raise ValueError(f"{self.family} expects {self.stages} pyramid stages, got {len(xs)}")
+        c = self.y_embedder(y)                                         # (B, D)
+        for s, embedder in enumerate(self.t_embedder):
+            c = c + embedder(t[:, s])
+        h = self.pos_embed.to(xs[-1].dtype)
+        for s, embedder in enumerate(self.x_embedder):
+            if s < active:
+                h = h + embedder(xs[s]).flatten(2).transpose(1, 2)     # (B, N, D)
+            else:                                                      # conv of a zeroed input = its bias
+                h = h + embedder.proj.bias.to(h.dtype)
+        feats = None
+        for i, block in enumerate(self.blocks):
+            h = block(h, c)
+            if return_features and i + 1 == self.repa_depth:
+                feats = self.projector(h)
+        outs = [unpatchify(head(h, c), self.grid, self.grid, p, self.out_channels)
+                for head, p in zip(self.final_layer, self.stage_patch_sizes)]
+        return (outs, feats) if return_features else outs
