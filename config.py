@@ -163,6 +163,58 @@ class InferenceConfig(SamplingOptions, OutputOptions):
     output_dir: str = opt("multibudget", "where results.json, plots and the grid go")
 
 
+@dataclass
+class ConvertConfig:
+    """dataset_tools.py convert: class-folder tree or zip of images -> resized PNGs + dataset.json"""
+    source: Optional[str] = opt(None, "folder with one subfolder per class (e.g. ImageNet train), or a zip of such")
+    dest: Optional[str] = opt(None, "output folder")
+    resolution: str = opt("256x256", "output size WxH")
+    transform: Literal["center-crop-dhariwal", "center-crop", "center-crop-wide"] = opt(
+        "center-crop-dhariwal", "resize/crop: ADM's (Dhariwal & Nichol), plain center crop, or wide crop")
+    max_images: Optional[int] = opt(None, "stop after this many images")
+
+
+@dataclass
+class EncodeConfig:
+    """dataset_tools.py encode: images -> SD-VAE latents (posterior mean and std) + metadata"""
+    source: Optional[str] = opt(None, "folder written by `convert`")
+    dest: Optional[str] = opt(None, "output folder")
+    vae: str = opt("stabilityai/sd-vae-ft-ema", "AutoencoderKL: hub id (from the local cache when offline) or local folder")
+    batch_size: int = opt(64, "images per VAE forward")
+    device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
+
+
+@dataclass
+class DemoConfig:
+    """dataset_tools.py demo: a small class-conditional image dataset generated deterministically (no download)"""
+    dest: str = opt("data/demo", "output folder")
+    num_images: int = opt(2000, "number of images")
+    resolution: int = opt(32, "image side in pixels")
+    seed: int = opt(0, "generator seed")
+
+
+@dataclass
+class FashionMnistConfig:
+    """dataset_tools.py fashion-mnist: import the idx files of Fashion-MNIST as a pixel dataset"""
+    source: str = opt("/usr/share/datasets/fashion-mnist", "folder with the four idx(.gz) files")
+    dest: str = opt("data/fashion-mnist", "output folder (a subfolder per split is written)")
+    split: Literal["train", "test"] = opt("train", "which split")
+    resolution: int = opt(32, "pad (28 -> 32) or resize to this side")
+    channels: int = opt(1, "1 (grey) or 3 (grey replicated to RGB)")
+
+
+@dataclass
+class EvalConfig:
+    """evaluate.py: FID, sFID, IS, precision, recall of a sample batch against a reference batch (ADM protocol)"""
+    samples: Optional[str] = opt(None, "sample batch: .npz with arr_0 uint8 (N, H, W, 3), as generate.py writes")
+    ref: Optional[str] = opt(None, "reference batch in ADM format (.npz; stored mu/sigma(_s) are used when present)")
+    inception_weights: Optional[str] = opt(None, "pt_inception-2015-12-05 state dict (default: $ELIT_INCEPTION_WEIGHTS)")
+    feature_network: Optional[str] = opt(None, "TorchScript feature network to use instead of Inception (small datasets)")
+    batch_size: int = opt(100, "images per Inception forward")
+    device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
+    out: Optional[str] = opt(None, "write the metrics as JSON here (default: next to the samples)")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Parsing.
 
