@@ -171,7 +171,8 @@ class ConvertConfig:
     resolution: str = opt("256x256", "output size WxH")
     transform: Literal["center-crop-dhariwal", "center-crop", "center-crop-wide"] = opt(
         "center-crop-dhariwal", "resize/crop: ADM's (Dhariwal & Nichol), plain center crop, or wide crop")
-    max_images: Optional[int] = opt(None, "stop after this many images")
+    max_images: Optional[int] = opt(None, "keep this many images, taken round-robin over the classes")
+    num_workers: Optional[int] = opt(None, "decode/resize processes (default: all CPU cores)")
 
 
 @dataclass
@@ -182,6 +183,8 @@ class EncodeConfig:
     vae: str = opt("stabilityai/sd-vae-ft-ema", "AutoencoderKL: hub id (from the local cache when offline) or local folder")
     batch_size: int = opt(64, "images per VAE forward")
     device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
+    precision: Literal["fp32", "bf16"] = opt("fp32", "VAE encoder precision: fp32 (faithful latents) or bf16 (faster)")
+    num_workers: int = opt(4, "image-decoding worker processes")
 
 
 @dataclass
@@ -208,11 +211,13 @@ class EvalConfig:
     """evaluate.py: FID, sFID, IS, precision, recall of a sample batch against a reference batch (ADM protocol)"""
     samples: Optional[str] = opt(None, "sample batch: .npz with arr_0 uint8 (N, H, W, 3), as generate.py writes")
     ref: Optional[str] = opt(None, "reference batch in ADM format (.npz; stored mu/sigma(_s) are used when present)")
-    inception_weights: Optional[str] = opt(None, "pt_inception-2015-12-05 state dict (default: $ELIT_INCEPTION_WEIGHTS)")
+    inception_weights: Optional[str] = opt(
+        None, "pt_inception-2015-12-05 state dict (default: $ELIT_INCEPTION_WEIGHTS, then torch.hub's checkpoints folder)")
     feature_network: Optional[str] = opt(None, "TorchScript feature network to use instead of Inception (small datasets)")
     batch_size: int = opt(100, "images per Inception forward")
     device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
-    out: Optional[str] = opt(None, "write the metrics as JSON here (default: next to the samples)")
+    cache_ref: bool = opt(False, "keep the reference batch's computed features beside it (REF.<network>.features.npz) and reuse them")
+    out: Optional[str] = opt(None, "write the metrics as JSON here (default: SAMPLES_vs_REF[_NETWORK].json beside the samples)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -292,7 +297,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(schema: type, description: str = "") -> argparse.ArgumentParser:
-    parser = _Parser(description=description or schema.__doc__, argument_default=argparse.SUPPRESS)
+    parser = _Parser(description=description or schema.__doc__, argument_default=argparse.SUPPRESS,
+                     allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of options (CLI flags override it)")
     parser.add_argument("--print-config", "--print_config", action="store_true", help="print the resolved config and exit")
     hints = typing.get_type_hints(schema)

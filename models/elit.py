@@ -212,6 +212,9 @@ class ELITSiT(SiT):
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
 
+    def compiled_regions(self) -> list[nn.Module]:
+        return super().compiled_regions() + [self.read, self.write]
+
     # ------------------------------------------------------------------------------------------------------
     # Budgets.
     @property

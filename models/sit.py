@@ -257,6 +257,21 @@ class SiT(nn.Module):
                 nn.init.zeros_(m.linear.weight)
                 nn.init.zeros_(m.linear.bias)
 
+    def compile_regions(self, **compile_kwargs) -> "SiT":
+        """torch.compile every repeated region (blocks, head) in place; the glue between them stays eager.
+
+        Regional compilation compiles one block graph that all blocks reuse, so warm-up is seconds, and a new
+        token count (an ELIT budget) recompiles only that small graph. Returns self.
+        """
+        compile_kwargs.setdefault("dynamic", False)
+        for module in self.compiled_regions():
+            module.compile(**compile_kwargs)
+        return self
+
+    def compiled_regions(self) -> list[nn.Module]:
+        heads = list(self.final_layer) if isinstance(self.final_layer, nn.ModuleList) else [self.final_layer]
+        return list(self.blocks) + heads
+
     def example_inputs(self, batch: int = 1, device=None) -> tuple:
         """Random (x, t, y) of the right shapes, for FLOP counting, benchmarks and tests."""
         x = torch.randn(batch, self.in_channels, self.input_size, self.input_size, device=device)

@@ -1,0 +1,414 @@
+"""Dataset tools: build the folders that train.py reads (formats: see data.py).
+
+    python dataset_tools.py convert --source imagenet/train --dest data/in256 --resolution 256x256
+    python dataset_tools.py encode  --source data/in256 --dest data/in256-sdvae      # GPU when present
+    python dataset_tools.py demo    --dest data/demo                                  # no download, seconds
+    python dataset_tools.py fashion-mnist --dest data/fashion-mnist --split train     # -> data/fashion-mnist/train
+
+Each subcommand takes `--config FILE.yaml` and flags (`--help` lists them). Outputs are written into
+`DEST.partial` and renamed to DEST when complete, so a `dataset.json` in DEST always means a finished
+dataset; rerunning a finished command is a no-op, and a different finished dataset is never overwritten.
+`encode` resumes an interrupted run from its last progress point.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+from config import ConvertConfig, DemoConfig, EncodeConfig, FashionMnistConfig, parse_config
+from data import (DEMO_CLASSES, FASHION_MNIST_CLASSES, begin_dataset, dataset_done, fashion_mnist_pixels,
+                  finish_dataset, make_demo_images, read_meta, read_progress, write_pixel_dataset, write_progress)
+from errors import UserError, run_main
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+IMAGES_PER_FOLDER = 1000
+PROGRESS_EVERY_S = 60.0             # encode: how often a resumable progress point is written
+
+
+def _progress(iterable, **kw):
+    from tqdm import tqdm
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, mininterval=1.0, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# convert: class folders (or a zip of them) -> resized PNGs + dataset.json.
+
+def _resize_dhariwal(img, w: int, h: int) -> np.ndarray:
+    """ADM's `center_crop_arr` (Dhariwal & Nichol, 2021): halve with a box filter while the short side is
+    >= 2x the target, bicubic-resize the short side to the target, then center crop."""
+    if w != h:
+        raise UserError("--transform center-crop-dhariwal needs a square --resolution")
+    from PIL import Image
+    while min(img.size) >= 2 * w:
+        img = img.resize((img.width // 2, img.height // 2), Image.BOX)
+    s = w / min(img.size)
+    img = img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
+    return arr[top:top + h, left:left + w]
+
+
+def _resize_center_crop(img, w: int, h: int) -> np.ndarray:
+    """The largest centred crop with the output's aspect ratio, Lanczos-resized to w x h (EDM2's
+    `center-crop` for square outputs)."""
+    from PIL import Image
+    W, H = img.size
+    cw, ch = (round(H * w / h), H) if W * h > H * w else (W, round(W * h / w))
+    left, top = (W - cw) // 2, (H - ch) // 2
+    return np.asarray(img.crop((left, top, left + cw, top + ch)).resize((w, h), Image.LANCZOS))
+
+
+def _resize_center_crop_wide(img, w: int, h: int) -> np.ndarray:
+    """Keep the full width: Lanczos-resize to width w, then center-crop the height to h, or pad it to h
+    with black (letterbox) when the image is wider than w:h (EDM2's `center-crop-wide` idea; no image is
+    dropped)."""
+    from PIL import Image
+    W, H = img.size
+    nh = max(1, round(H * w / W))
+    arr = np.asarray(img.resize((w, nh), Image.LANCZOS))
+    if nh >= h:
+        top = (nh - h) // 2
+        return arr[top:top + h]
+    out = np.zeros((h, w, 3), dtype=np.uint8)
+    top = (h - nh) // 2
+    out[top:top + nh] = arr
+    return out
+
+
+TRANSFORMS = {"center-crop-dhariwal": _resize_dhariwal, "center-crop": _resize_center_crop,
+              "center-crop-wide": _resize_center_crop_wide}
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'256x256' or '256' -> (width, height)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+        assert len(parts) in (1, 2) and min(parts) > 0
+    except (ValueError, AssertionError):
+        raise UserError(f"--resolution must look like 256x256 (WxH) or 256, got {text!r}") from None
+    return (parts[0], parts[-1])
+
+
+class ImageSource:
+    """The image files of a folder or a zip, as sorted '/'-separated relative names. Picklable: the zip is
+    opened lazily by each process that reads from it."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise UserError(f"source not found: {path}")
+        self.path = os.path.abspath(path)
+        self.is_zip = os.path.isfile(path)
+        if self.is_zip and not zipfile.is_zipfile(path):
+            raise UserError(f"source {path} is neither a folder nor a zip file")
+        if self.is_zip:
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+        else:
+            names = []
+            for root, dirs, files in os.walk(self.path, followlinks=True):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                rel = os.path.relpath(root, self.path)
+                names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
+        self.names = sorted(n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+                            and not any(p.startswith(".") or p == "__MACOSX" for p in n.split("/")))
+        self._zip = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_zip": None}
+
+    def open(self, name: str):
+        """The RGB PIL image `name`."""
+        from PIL import Image
+        if self.is_zip:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.path)
+            with self._zip.open(name) as f:
+                img = Image.open(f)
+                img.load()
+        else:
+            img = Image.open(os.path.join(self.path, name))
+            img.load()
+        return img.convert("RGB")
+
+    def classes(self) -> tuple[list[str], list[int]]:
+        """Class names (sorted folder names) and the label of each image. Common leading folders shared by
+        every image (e.g. `train/` inside a zip) are skipped; every image must sit inside a class folder."""
+        parts = [n.split("/") for n in self.names]
+        depth = 0
+        while all(len(p) - depth >= 3 for p in parts) and len({p[depth] for p in parts}) == 1:
+            depth += 1
+        loose = [n for n, p in zip(self.names, parts) if len(p) - depth < 2]
+        if loose:
+            raise UserError(f"{self.path}: images must be in one subfolder per class, but {loose[0]!r} is not")
+        class_names = sorted({p[depth] for p in parts})
+        index = {c: i for i, c in enumerate(class_names)}
+        return class_names, [index[p[depth]] for p in parts]
+
+
+_JOB: dict = {}
+
+
+def _convert_init(source: ImageSource, out_dir: str, transform: str, size: tuple[int, int]) -> None:
+    _JOB.update(source=source, out_dir=out_dir, transform=TRANSFORMS[transform], size=size)
+
+
+def _convert_one(item: tuple[int, str]) -> tuple[int, str | None, str | None]:
+    """Image `name` -> PNG number `index`; returns (index, relative path or None, error or None)."""
+    from PIL import Image
+    index, name = item
+    try:
+        arr = _JOB["transform"](_JOB["source"].open(name), *_JOB["size"])
+    except Exception as e:  # noqa: BLE001  (an unreadable image is skipped and reported)
+        return index, None, f"{name}: {e}"
+    rel = f"{index // IMAGES_PER_FOLDER:05d}/img{index:08d}.png"
+    os.makedirs(os.path.join(_JOB["out_dir"], os.path.dirname(rel)), exist_ok=True)
+    Image.fromarray(arr).save(os.path.join(_JOB["out_dir"], rel), compress_level=1)
+    return index, rel, None
+
+
+def _select(labels: list[int], count: int | None, failed: set[int]) -> list[int]:
+    """Indices of the images to keep, skipping unreadable ones: all of them, or the first `count` taking one
+    per class in turn (so that a --max-images subset covers every class)."""
+    usable = [i for i in range(len(labels)) if i not in failed]
+    if count is None:
+        return usable
+    rank, seen = {}, {}
+    for i in usable:
+        rank[i] = seen.get(labels[i], 0)
+        seen[labels[i]] = rank[i] + 1
+    return sorted(sorted(usable, key=lambda i: (rank[i], labels[i]))[:count])
+
+
+def convert(cfg: ConvertConfig) -> None:
+    if not cfg.source or not cfg.dest:
+        raise UserError("convert needs --source (class folders or a zip) and --dest")
+    w, h = parse_resolution(cfg.resolution)
+    if cfg.transform == "center-crop-dhariwal" and w != h:
+        raise UserError("--transform center-crop-dhariwal needs a square --resolution")
+    if cfg.max_images is not None and cfg.max_images <= 0:
+        raise UserError(f"--max-images must be positive, got {cfg.max_images}")
+    source = ImageSource(cfg.source)
+    if not source.names:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {cfg.source}")
+    class_names, labels = source.classes()
+    recipe = dict(command="convert", source=source.path, resolution=[w, h], transform=cfg.transform,
+                  max_images=cfg.max_images)
+    tmp = begin_dataset(cfg.dest, recipe)
+    if tmp is None:
+        print(f"{cfg.dest} already holds this dataset; nothing to do")
+        return
+    workers = cfg.num_workers if cfg.num_workers is not None else (os.cpu_count() or 1)
+    args = (source, tmp, cfg.transform, (w, h))
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_convert_init, initargs=args)
+    else:
+        _convert_init(*args)
+    start, written, failed, errors = time.time(), {}, set(), []
+    try:
+        bar = _progress(None, total=len(_select(labels, cfg.max_images, failed)), desc="convert", unit="img")
+        while True:                                         # more rounds only when unreadable images need stand-ins
+            jobs = [(i, source.names[i]) for i in _select(labels, cfg.max_images, failed)
+                    if i not in written]
+            if not jobs:
+                break
+            stream = pool.imap_unordered(_convert_one, jobs, chunksize=16) if pool else map(_convert_one, jobs)
+            for index, rel, err in stream:                 # PNG number = index in the sorted file list
+                if err:
+                    failed.add(index)
+                    errors.append(err)
+                else:
+                    written[index] = rel
+                    bar.update(1)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+    keep = _select(labels, cfg.max_images, failed)
+    for i in set(written) - set(keep):                      # stand-ins made redundant by a later round
+        os.unlink(os.path.join(tmp, written[i]))
+    for err in errors:
+        print(f"warning: skipped unreadable image {err}", file=sys.stderr)
+    entries = [[written[i], labels[i]] for i in keep]
+    if not entries:
+        raise UserError(f"none of the images in {cfg.source} could be read")
+    meta = dict(kind="images", count=len(entries), num_classes=len(class_names), class_names=class_names,
+                resolution=[h, w], channels=3, transform=cfg.transform, source=source.path, skipped=len(errors),
+                labels=entries, created_by="dataset_tools.py convert")
+    finish_dataset(tmp, cfg.dest, meta, recipe)
+    print(f"wrote {len(entries)} images ({w}x{h}, {len(class_names)} classes) to {cfg.dest} "
+          f"in {time.time() - start:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# encode: images -> VAE posterior mean and std, in preallocated .npy files.
+
+class _SourceImages:
+    """uint8 (H, W, 3) images of a `convert` folder (PNGs) or of a 3-channel pixel dataset, by index."""
+
+    def __init__(self, folder: str, meta: dict):
+        self.folder, self.meta, self._images = folder, meta, None
+
+    def __len__(self) -> int:
+        return self.meta["count"]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_images": None}
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+        if self.meta["kind"] == "images":
+            with Image.open(os.path.join(self.folder, self.meta["labels"][i][0])) as img:
+                arr = np.array(img.convert("RGB"))
+        else:
+            if self._images is None:
+                self._images = np.load(os.path.join(self.folder, "images.npy"), mmap_mode="r")
+            arr = np.array(self._images[i])
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _source_labels(folder: str, meta: dict) -> np.ndarray:
+    if meta["kind"] == "images":
+        return np.array([label for _, label in meta["labels"]], dtype=np.int64)
+    return np.load(os.path.join(folder, "labels.npy")).astype(np.int64)
+
+
+def encode(cfg: EncodeConfig) -> None:
+    import torch
+    from numpy.lib.format import open_memmap
+
+    import vae as vae_lib
+
+    if not cfg.source or not cfg.dest:
+        raise UserError("encode needs --source (a folder written by `convert`) and --dest")
+    if cfg.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {cfg.batch_size}")
+    src = read_meta(cfg.source)
+    if src["kind"] not in ("images", "pixels"):
+        raise UserError(f"{cfg.source} holds {src['kind']}, not images: pass a folder written by `convert`")
+    if src["kind"] == "pixels" and src["channels"] != 3:
+        raise UserError(f"{cfg.source} holds {src['channels']}-channel images; the VAE needs RGB")
+    n = src["count"]
+    if n <= 0:
+        raise UserError(f"{cfg.source} holds no images")
+    labels = _source_labels(cfg.source, src)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown --device {cfg.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is available")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision]
+    vae_id = os.path.abspath(cfg.vae) if os.path.isdir(os.path.expanduser(cfg.vae)) else cfg.vae
+    recipe = dict(command="encode", source=os.path.abspath(cfg.source), source_count=n, vae=vae_id,
+                  precision=cfg.precision)
+    if dataset_done(cfg.dest, recipe):                              # checked before loading the VAE
+        print(f"{cfg.dest} already holds this dataset; nothing to do")
+        return
+    model = vae_lib.load_vae(cfg.vae, device, dtype)
+    scale, shift = vae_lib.latent_norm(model)
+    tmp = begin_dataset(cfg.dest, recipe, resume=True)
+    done = int(read_progress(tmp).get("done", 0))
+    mean_path, std_path = os.path.join(tmp, "mean.npy"), os.path.join(tmp, "std.npy")
+    mean_mm = std_mm = None
+    if done > 0:
+        mean_mm, std_mm = open_memmap(mean_path, mode="r+"), open_memmap(std_path, mode="r+")
+        print(f"resuming {cfg.dest} at image {done} of {n}", file=sys.stderr)
+    batches = [list(range(s, min(s + cfg.batch_size, n))) for s in range(done, n, cfg.batch_size)]
+    loader = torch.utils.data.DataLoader(_SourceImages(cfg.source, src), batch_sampler=batches,
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    start = last_save = time.time()
+    for batch, images in zip(batches, _progress(loader, total=len(batches), desc="encode", unit="batch")):
+        mean, std = vae_lib.encode_images(model, images)                        # (b, C, h, w) float32
+        if mean_mm is None:
+            shape = (n, *mean.shape[1:])
+            mean_mm = open_memmap(mean_path, mode="w+", dtype=np.float32, shape=shape)
+            std_mm = open_memmap(std_path, mode="w+", dtype=np.float32, shape=shape)
+        mean_mm[batch[0]:batch[-1] + 1] = mean.cpu().numpy()
+        std_mm[batch[0]:batch[-1] + 1] = std.cpu().numpy()
+        if time.time() - last_save >= PROGRESS_EVERY_S:
+            mean_mm.flush(), std_mm.flush()
+            write_progress(tmp, recipe, batch[-1] + 1)
+            last_save = time.time()
+    mean_mm.flush(), std_mm.flush()
+    latent_shape = list(mean_mm.shape[1:])
+    del mean_mm, std_mm
+    np.save(os.path.join(tmp, "labels.npy"), labels)
+    meta = dict(kind="latents", count=n, num_classes=src["num_classes"], class_names=src["class_names"],
+                image_resolution=src["resolution"], latent_shape=latent_shape, vae=vae_id, vae_class="AutoencoderKL",
+                latent_scale=scale, latent_shift=shift, precision=cfg.precision,
+                files={"mean": "mean.npy", "std": "std.npy", "labels": "labels.npy"},
+                source=os.path.abspath(cfg.source), image_transform=src.get("transform"),
+                created_by="dataset_tools.py encode")
+    finish_dataset(tmp, cfg.dest, meta, recipe)
+    c, lh, lw = latent_shape
+    print(f"wrote {n} latents ({c}x{lh}x{lw}, scale {scale:g}, shift {shift:g}) to {cfg.dest} "
+          f"in {time.time() - start:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pixel datasets: demo and Fashion-MNIST.
+
+def demo(cfg: DemoConfig) -> None:
+    start = time.time()
+    recipe = dict(command="demo", num_images=cfg.num_images, resolution=cfg.resolution, seed=cfg.seed)
+    wrote = write_pixel_dataset(cfg.dest, lambda: make_demo_images(cfg.num_images, cfg.resolution, cfg.seed)[:2],
+                                [name for name, _ in DEMO_CLASSES], recipe, "dataset_tools.py demo", seed=cfg.seed)
+    if not wrote:
+        print(f"{cfg.dest} already holds this dataset; nothing to do")
+        return
+    print(f"wrote {cfg.num_images} demo images ({cfg.resolution}x{cfg.resolution}x3, {len(DEMO_CLASSES)} classes) "
+          f"to {cfg.dest} in {time.time() - start:.1f} s")
+
+
+def fashion_mnist(cfg: FashionMnistConfig) -> None:
+    start = time.time()
+    dest = os.path.join(cfg.dest, cfg.split)
+    source = os.path.abspath(cfg.source)
+    recipe = dict(command="fashion-mnist", source=source, split=cfg.split, resolution=cfg.resolution,
+                  channels=cfg.channels)
+    made = {}
+
+    def make():
+        made["arrays"] = fashion_mnist_pixels(source, cfg.split, cfg.resolution, cfg.channels)
+        return made["arrays"]
+
+    if not os.path.isdir(source):                           # a clear error before touching the destination
+        fashion_mnist_pixels(source, cfg.split, cfg.resolution, cfg.channels)
+    if not write_pixel_dataset(dest, make, FASHION_MNIST_CLASSES, recipe, "dataset_tools.py fashion-mnist",
+                               split=cfg.split, source=source):
+        print(f"{dest} already holds this dataset; nothing to do")
+        return
+    n = len(made["arrays"][1])
+    print(f"wrote {n} Fashion-MNIST {cfg.split} images ({cfg.resolution}x{cfg.resolution}x{cfg.channels}) "
+          f"to {dest} in {time.time() - start:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+COMMANDS = {"convert": (ConvertConfig, convert), "encode": (EncodeConfig, encode), "demo": (DemoConfig, demo),
+            "fashion-mnist": (FashionMnistConfig, fashion_mnist)}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    command = argv[0].replace("_", "-")
+    if command not in COMMANDS:
+        raise UserError(f"unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}")
+    schema, fn = COMMANDS[command]
+    fn(parse_config(schema, argv[1:], description=f"dataset_tools.py {command}: {schema.__doc__}"))
+
+
+if __name__ == "__main__":
+    run_main(main)
