@@ -40,6 +40,7 @@ def opt(default, help: str = "", **kw):
 @dataclass
 class ModelOptions:
     model: str = opt("ELIT-SiT-XL/2", "registry name Family-Size/Patch, e.g. SiT-XL/2, ELIT-SiT-B/2, DFM-SiT-XL/2")
+    resolution: Optional[int] = opt(None, "image resolution in pixels, checked against the data (default: the data's)")
     qk_norm: bool = opt(False, "per-head LayerNorm on queries and keys in self-attention")
     elit_group_size: Optional[int] = opt(None, "ELIT window side g (default: 16 windows, 4 at 256 px, 8 at 512 px)")
     elit_head_depth: Optional[int] = opt(None, "ELIT blocks before Read (default 2 for S/B, 4 for L/XL)")
@@ -126,8 +127,10 @@ class SamplingOptions:
 class OutputOptions:
     ckpt: Optional[str] = opt(None, "checkpoint written by train.py or models.convert")
     weights: Literal["ema", "model"] = opt("ema", "which weights of the checkpoint to sample")
-    vae: str = opt("stabilityai/sd-vae-ft-ema", "AutoencoderKL: hub id or local folder (latent models only)")
+    vae: Optional[str] = opt(None, "AutoencoderKL hub id or local folder for latent models (default: the "
+                             "checkpoint's dataset VAE; stabilityai/sd-vae-ft-ema for converted checkpoints)")
     seed: int = opt(0, "image i uses seed + i for its noise and label")
+    device: Optional[str] = opt(None, "cuda / cpu (default: cuda:LOCAL_RANK when a GPU is visible, else cpu)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,9 +157,12 @@ class GenerateConfig(SamplingOptions, OutputOptions):
 class InferenceConfig(SamplingOptions, OutputOptions):
     """elit_multibudget_inference.py"""
     model: Optional[str] = opt(None, "model name; checked against the checkpoint, or a random-init model without --ckpt")
-    resolution: int = opt(256, "image resolution (random-init models only; checkpoints carry their own)")
+    resolution: Optional[int] = opt(None, "image resolution in pixels: of the random-init model without --ckpt "
+                                    "(default 256; SD-VAE latents, 1/8 the size); checked against a checkpoint")
     class_label: int = opt(207, "class of every image")
     num_images: int = opt(4, "images per budget (same noise for every budget)")
+    guidance_scale: float = opt(4.0, "scale of the guidance rows (CFG, cheap CFG, autoguidance); the budget rows "
+                                "use cfg_scale")
     budgets: Optional[list[float]] = opt(None, "budgets to run (default: every valid level)")
     latency_batch_size: int = opt(64, "batch size of the latency measurement")
     latency_repeats: int = opt(5, "timed forwards per budget (after warm-up)")

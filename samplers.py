@@ -229,6 +229,18 @@ def dfm_schedule(steps_per_stage: Sequence[int], thresholds: Sequence[float]) ->
     return schedule
 
 
+def default_dfm_schedule(num_steps: int, stages: int) -> tuple[list[int], list[float]]:
+    """Default DFM steps and thresholds for a total of `num_steps`: 80% of the steps for stage 0, the rest split
+    evenly over the finer stages; thresholds evenly spaced in (0, 0.1] (0.1 for two stages, as the reference)."""
+    if stages < 1 or num_steps < stages:
+        raise ValueError(f"{stages} DFM stages need at least {stages} steps, got {num_steps}")
+    first = min(max(1, round(0.8 * num_steps)), num_steps - (stages - 1))
+    rest, extra = divmod(num_steps - first, stages - 1) if stages > 1 else (0, 0)
+    steps = [first] + [rest + (1 if i < extra else 0) for i in range(stages - 1)]
+    thresholds = [0.1 * (stages - 1 - i) / (stages - 1) for i in range(stages - 1)]
+    return steps, thresholds
+
+
 @torch.no_grad()
 def sample_dfm(model, noise: Sequence[torch.Tensor], y: torch.Tensor, *, steps_per_stage=(40, 10),
                thresholds=(0.1,), cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
