@@ -1,0 +1,149 @@
+"""Sample batch + reference batch + feature network -> FID, sFID, IS, precision, recall (ADM protocol)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Optional
+
+import numpy as np
+
+from .batches import NpzImages, as_images, prefetch, read_labels, read_stored_statistics, write_npz
+from .errors import EvalInputError
+from .features import FeatureNetwork, load_network
+from .metrics import classifier_accuracy, feature_statistics, frechet_distance, inception_score, precision_recall
+
+
+def compute_features(images, network: FeatureNetwork, batch_size: int = 100, progress: bool = False,
+                     label: str = "images") -> dict[str, Optional[np.ndarray]]:
+    """Run `network` over images (ADM .npz path or uint8 (N, H, W, C) array) -> float32 numpy arrays
+    {'pool': (N, F), 'logits': (N, K) or None, 'spatial': (N, 2023) or None}."""
+    images = as_images(images, label)
+    parts: dict[str, list] = {"pool": [], "logits": [], "spatial": []}
+    done, start, last_report = 0, time.time(), 0.0
+    for batch in prefetch(images.batches(batch_size)):
+        out = network(batch)
+        for key, chunk in parts.items():
+            if out.get(key) is not None:
+                chunk.append(out[key].float().cpu().numpy())
+        done += len(batch)
+        now = time.time()
+        if progress and (now - last_report > 30 or done == len(images)):
+            last_report = now
+            print(f"{label}: {done}/{len(images)} images ({done / max(now - start, 1e-9):.0f} img/s)", file=sys.stderr)
+    return {key: np.concatenate(chunk) if chunk else None for key, chunk in parts.items()}
+
+
+def reference_cache_path(ref_path: str, network: FeatureNetwork) -> str:
+    """Where `reference_statistics(..., cache=True)` keeps a reference batch's features: beside it."""
+    stem = ref_path[:-4] if ref_path.endswith(".npz") else ref_path
+    return f"{stem}.{network.tag}.features.npz"
+
+
+def _file_stamp(path: str) -> np.ndarray:
+    st = os.stat(path)
+    return np.array([st.st_size, st.st_mtime_ns], dtype=np.int64)
+
+
+def _read_cache(cache_path: str, ref_path: str, network: FeatureNetwork) -> Optional[dict]:
+    """The cached computed statistics if the cache was made from this very reference file by this network."""
+    if not os.path.isfile(cache_path):
+        return None
+    try:
+        with np.load(cache_path) as z:
+            cached = {k: z[k] for k in z.files}
+    except Exception:                                       # unreadable cache: recompute and rewrite it
+        return None
+    if not np.array_equal(cached.get("ref_stamp"), _file_stamp(ref_path)) or str(cached.get("network_sha256")) != network.sha256:
+        return None
+    return {k: v for k, v in cached.items() if k in ("features", "mu", "sigma", "mu_s", "sigma_s")}
+
+
+def reference_statistics(ref: str, network: FeatureNetwork, batch_size: int = 100, cache: bool = False,
+                         progress: bool = False) -> dict:
+    """Everything the metrics need of a reference batch (ADM .npz):
+        features (N, F)          pool features of arr_0, for precision/recall (always computed from arr_0)
+        mu, sigma                for FID: stored in the npz when present (Inception only), else computed
+        mu_s, sigma_s            for sFID: likewise (networks with spatial features only)
+        source                   {'fid': 'stored' | 'computed', 'sfid': ...}
+    With cache=True the computed part is kept in REF.<network tag>.features.npz beside the reference and reused
+    while the reference file is unchanged (size and mtime). The result can be passed to `evaluate` as `ref`."""
+    ref = os.fspath(ref)
+    images = NpzImages(ref)
+    # ADM's stored statistics are Inception's: another network's features are never compared with them.
+    stored = read_stored_statistics(ref) if network.uses_adm_statistics else {}
+    cache_path = reference_cache_path(ref, network) if cache else None
+    computed = _read_cache(cache_path, ref, network) if cache_path else None
+    if computed is None:
+        feats = compute_features(images, network, batch_size, progress, label=f"reference {os.path.basename(ref)}")
+        computed = {"features": feats["pool"]}
+        computed["mu"], computed["sigma"] = feature_statistics(feats["pool"])
+        if feats["spatial"] is not None:
+            computed["mu_s"], computed["sigma_s"] = feature_statistics(feats["spatial"])
+        if cache_path:
+            write_npz(cache_path, **computed, ref_stamp=_file_stamp(ref), network_sha256=np.array(network.sha256))
+    stats = {"features": computed["features"], "num_images": len(images), "image_shape": images.shape[1:], "source": {}}
+    for metric, mu, sigma in (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s")):
+        if mu in stored:
+            if stored[mu].shape != computed[mu].shape:
+                raise EvalInputError(f"{ref}: stored '{mu}' has shape {stored[mu].shape}, but the network's features "
+                                     f"give {computed[mu].shape}")
+            stats[mu], stats[sigma], stats["source"][metric] = stored[mu], stored[sigma], "stored"
+        elif mu in computed:
+            stats[mu], stats[sigma], stats["source"][metric] = computed[mu], computed[sigma], "computed"
+    return stats
+
+
+def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, labels=None, batch_size: int = 100,
+             cache_ref: bool = False, progress: bool = False) -> dict:
+    """FID, sFID, IS, precision and recall of `samples` against `ref` (see the package docstring).
+
+    samples: an ADM .npz path (its arr_1, when present, are the labels) or uint8 images (N, H, W, C).
+    ref: an ADM reference .npz path, or the dict of `reference_statistics` (or any dict with mu, sigma and
+         optionally mu_s, sigma_s, features; precision/recall need `features`).
+    network: from `load_network` (default: Inception-v3 with weights from $ELIT_INCEPTION_WEIGHTS).
+    labels: class labels (N,) for `classifier_accuracy` (feature networks whose logits are the dataset's classes).
+    Metrics the network cannot give are None: sFID without spatial features, IS without logits, accuracy without
+    labels or for Inception (its 1008 outputs are not the dataset's class indices)."""
+    start = time.time()
+    images = as_images(samples, "samples")                  # validate the samples before any computation
+    network = network if network is not None else load_network()
+    if isinstance(ref, Mapping):
+        ref_stats = dict(ref)
+        if "mu" not in ref_stats or "sigma" not in ref_stats:
+            raise EvalInputError("a reference given as statistics needs at least 'mu' and 'sigma'")
+        ref_stats.setdefault("source", {"fid": "given", "sfid": "given" if "mu_s" in ref_stats else None})
+    else:
+        ref_stats = reference_statistics(ref, network, batch_size, cache_ref, progress)
+    if "image_shape" in ref_stats and tuple(ref_stats["image_shape"])[:2] != images.shape[1:3]:
+        warnings.warn(f"samples are {images.shape[1]}x{images.shape[2]} but the reference images are "
+                      f"{ref_stats['image_shape'][0]}x{ref_stats['image_shape'][1]}", stacklevel=2)
+    if labels is None and isinstance(samples, (str, os.PathLike)):
+        labels = read_labels(os.fspath(samples), len(images))
+    feats = compute_features(images, network, batch_size, progress, label="samples")
+
+    mu, sigma = feature_statistics(feats["pool"])
+    if mu.shape != np.shape(ref_stats["mu"]):
+        raise EvalInputError(f"sample features have {mu.shape[0]} dimensions, the reference statistics {np.shape(ref_stats['mu'])[0]}")
+    result = {"fid": frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"]), "sfid": None}
+    if feats["spatial"] is not None and "mu_s" in ref_stats:
+        mu_s, sigma_s = feature_statistics(feats["spatial"])
+        result["sfid"] = frechet_distance(mu_s, sigma_s, ref_stats["mu_s"], ref_stats["sigma_s"])
+    result["inception_score"] = inception_score(feats["logits"]) if feats["logits"] is not None else None
+    if ref_stats.get("features") is not None:
+        result["precision"], result["recall"] = precision_recall(ref_stats["features"], feats["pool"], device=network.device)
+    else:
+        result["precision"] = result["recall"] = None
+    result["classifier_accuracy"] = None
+    if labels is not None and feats["logits"] is not None and network.class_logits:
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),):
+            raise EvalInputError(f"labels must have shape ({len(images)},), got {labels.shape}")
+        result["classifier_accuracy"] = classifier_accuracy(feats["logits"], labels)
+    result.update(num_samples=len(images), num_reference=ref_stats.get("num_images"),
+                  reference_statistics=ref_stats.get("source", {}), network=network.info(),
+                  seconds=round(time.time() - start, 2))
+    return result

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Generate samples from a checkpoint (generate.py under torchrun), then score them against an ADM reference
+# batch with evaluate.py: FID, sFID, Inception Score, precision, recall. The metrics JSON is written beside the
+# samples (SAMPLES_vs_REF.json) and the table printed. Nothing is deleted or overwritten by this script.
+#
+# Settings: environment variables, or KEY=VALUE arguments (arguments win). Only CKPT and REF are required.
+#   CKPT           checkpoint written by train.py (or converted from the reference implementation)
+#   REF            ADM reference batch, e.g. VIRTUAL_imagenet256_labeled.npz (its stored mu/sigma are used)
+#   GEN_CONFIG     generation YAML (experiments_updated/generation/*.yaml); empty = generate.py's defaults
+#   NUM_SAMPLES    images to generate (default 50000, the ADM protocol)
+#   BUDGET         ELIT budget of the conditional pass (--inference-budget); empty = full / the config's
+#   UNCOND_BUDGET  ELIT budget of the unconditional guidance pass (--unconditional-inference-budget; cheap CFG)
+#   AUTOGUIDANCE   1 = --autoguidance, 0 = --no-autoguidance, empty = the config's
+#   CFG_SCALE      guidance scale (--cfg-scale); empty = the config's
+#   NPROC          processes (default: the visible GPUs, else 1)
+#   INCEPTION      pt_inception-2015-12-05-6726825d.pth (default: $ELIT_INCEPTION_WEIGHTS, then torch.hub's cache)
+#   SAMPLES        an existing sample .npz: skip generation and only evaluate it
+#   GEN_ARGS       extra generate.py flags (word-split), e.g. "--num-steps 250 --mode sde"
+#   EVAL_ARGS      extra evaluate.py flags (word-split), e.g. "--cache-ref --batch-size 250"
+#
+# Example:
+#   CKPT=results/elit-xl/checkpoints/0400000.pt REF=VIRTUAL_imagenet256_labeled.npz \
+#     INCEPTION=pt_inception-2015-12-05-6726825d.pth bash experiments_updated/evaluation/eval.sh BUDGET=0.5
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+KEYS=" CKPT REF GEN_CONFIG NUM_SAMPLES BUDGET UNCOND_BUDGET AUTOGUIDANCE CFG_SCALE NPROC INCEPTION SAMPLES GEN_ARGS EVAL_ARGS "
+
+for arg in "$@"; do
+  key="${arg%%=*}"
+  if [[ "$arg" != *=* || "$KEYS" != *" $key "* ]]; then
+    echo "error: expected KEY=VALUE with KEY one of:$KEYS(got '$arg')" >&2
+    exit 2
+  fi
+  export "$arg"
+done
+
+: "${REF:?set REF to an ADM reference batch .npz}"
+[[ -f "$REF" ]] || { echo "error: reference batch not found: $REF" >&2; exit 2; }
+
+if [[ -z "${SAMPLES:-}" ]]; then
+  : "${CKPT:?set CKPT to a checkpoint (or SAMPLES to evaluate existing samples)}"
+  [[ -f "$CKPT" ]] || { echo "error: checkpoint not found: $CKPT" >&2; exit 2; }
+  if [[ -z "${NPROC:-}" ]]; then
+    NPROC=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
+    [[ "$NPROC" -ge 1 ]] || NPROC=1
+  fi
+  gen=(--ckpt "$CKPT" --num-samples "${NUM_SAMPLES:-50000}")
+  [[ -n "${GEN_CONFIG:-}" ]] && gen=(--config "$GEN_CONFIG" "${gen[@]}")
+  [[ -n "${BUDGET:-}" ]] && gen+=(--inference-budget "$BUDGET")
+  [[ -n "${UNCOND_BUDGET:-}" ]] && gen+=(--unconditional-inference-budget "$UNCOND_BUDGET")
+  [[ -n "${CFG_SCALE:-}" ]] && gen+=(--cfg-scale "$CFG_SCALE")
+  case "${AUTOGUIDANCE:-}" in
+    1|true|yes) gen+=(--autoguidance) ;;
+    0|false|no) gen+=(--no-autoguidance) ;;
+    "") ;;
+    *) echo "error: AUTOGUIDANCE must be 1 or 0, got '$AUTOGUIDANCE'" >&2; exit 2 ;;
+  esac
+  # shellcheck disable=SC2206
+  gen+=(${GEN_ARGS:-})
+
+  # generate.py prints the .npz it wrote as the last line of its stdout; keep a copy of stdout to read it.
+  stdout_copy="$(mktemp)"
+  trap 'rm -f "$stdout_copy"' EXIT
+  echo "+ torchrun --standalone --nproc_per_node=$NPROC generate.py ${gen[*]}" >&2
+  torchrun --standalone --nproc_per_node="$NPROC" "$ROOT/generate.py" "${gen[@]}" | tee "$stdout_copy"
+  SAMPLES="$(grep -v '^[[:space:]]*$' "$stdout_copy" | tail -n 1 || true)"
+  if [[ "$SAMPLES" != *.npz || ! -f "$SAMPLES" ]]; then
+    echo "error: generate.py's last stdout line is not an existing .npz: '$SAMPLES'" >&2
+    exit 1
+  fi
+fi
+
+ev=(--samples "$SAMPLES" --ref "$REF")
+[[ -n "${INCEPTION:-}" ]] && ev+=(--inception-weights "$INCEPTION")
+# shellcheck disable=SC2206
+ev+=(${EVAL_ARGS:-})
+echo "+ python evaluate.py ${ev[*]}" >&2
+python "$ROOT/evaluate.py" "${ev[@]}"
