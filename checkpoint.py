@@ -46,11 +46,14 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load one of our checkpoints with weights_only=True; a missing or corrupt file is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a checkpoint of this repository")
+    try:   # mmap: tensors are paged in when used, so a sampler does not hold the optimizer state in memory
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a checkpoint of this repository ({first})")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a checkpoint of this "
+                        f"repository ({first})") from None
     if not isinstance(ckpt, dict) or "arch" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this repository (no 'arch' entry; convert reference "
                         "checkpoints with `python -m models.convert`)")

@@ -121,6 +121,7 @@ class SamplingOptions:
     dfm_steps_per_stage: Optional[list[int]] = opt(None, "DFM: Euler steps per stage (default: num_steps split 80/20)")
     dfm_stage_thresholds: Optional[list[float]] = opt(None, "DFM: time at which each stage but the last stops (default 0.1)")
     precision: Literal["bf16", "fp32"] = opt("bf16", "model precision for sampling on GPU (CPU: fp32)")
+    fast: bool = opt(True, "GPU: bf16 weights, regional torch.compile and CUDA-graph replay (models/graphs.py)")
 
 
 @dataclass

@@ -334,10 +334,11 @@ class Trainer:
                 self.log(f"sample grid skipped: {e}")
                 return paths
             for budget in budgets:
-                if self.family == "DFM-SiT":
-                    from models.dfm import decompose
+                if self.family == "DFM-SiT":                            # independent N(0, I) noise per stage
+                    shapes = pyramid_shapes(noise.shape[1:], self.model.stages)
+                    stage_noise = [torch.randn(n, *shape, generator=g).to(self.device) for shape in shapes]
                     steps, thresholds = default_dfm_schedule(self.cfg.sample_num_steps, self.model.stages)
-                    x = sample_dfm(self.ema, decompose(noise, self.model.stages), y, steps_per_stage=steps,
+                    x = sample_dfm(self.ema, stage_noise, y, steps_per_stage=steps,
                                    thresholds=thresholds, cfg_scale=self.cfg.sample_cfg_scale,
                                    path_type=self.cfg.path_type, autocast_dtype=dtype)
                 else:

@@ -97,7 +97,7 @@ def reference_state_dict_to_ours(model: nn.Module, state_dict: dict) -> dict:
             continue
         new = _rename(key)
         if new == "read.latent_pos":
-            raster = torch.arange(model.grid * model.grid).view(1, 1, model.grid, model.grid)
+            raster = torch.arange(model.grid * model.grid).view(1, model.grid, model.grid, 1)
             order = model.to_windows(raster).flatten()              # raster position of each (window, slot)
             if value.shape[0] <= int(order.max()):
                 raise ValueError(f"latent_pos_embed has {value.shape[0]} rows, the token grid needs {order.numel()}")

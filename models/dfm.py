@@ -97,7 +97,7 @@ class DFMSiT(SiT):
         h = self.pos_embed.to(xs[-1].dtype)
         for s, embedder in enumerate(self.x_embedder):
             if s < active:
-                h = h + embedder(xs[s]).flatten(2).transpose(1, 2)     # (B, N, D)
+                h = h + embedder(xs[s]).flatten(1, 2)                  # (B, N, D)
             else:                                                      # conv of a zeroed input = its bias
                 h = h + embedder.proj.bias.to(h.dtype)
         feats = None

@@ -195,7 +195,7 @@ class ELITSiT(SiT):
         self.read = Read(self.hidden_size, self.num_heads, self.windows, self.slots)
         self.write = Write(self.hidden_size, self.num_heads, self.slots, cfg["write_depth"])
         # Window-order positions and the permutation back to raster order (for REPA features).
-        raster = torch.arange(self.grid * self.grid).view(1, 1, self.grid, self.grid)
+        raster = torch.arange(self.grid * self.grid).view(1, self.grid, self.grid, 1)
         order = self.to_windows(raster).flatten()
         self.pos_embed = sincos_2d(self.hidden_size, self.grid, self.grid)[order][None]
         self.register_buffer("raster_index", torch.argsort(order), persistent=False)
@@ -241,10 +241,10 @@ class ELITSiT(SiT):
 
     # ------------------------------------------------------------------------------------------------------
     def to_windows(self, h: torch.Tensor) -> torch.Tensor:
-        """Grid (B, D, H', W') -> window-order tokens (B, G*K, D)."""
-        B, D, Hp, Wp = h.shape
+        """Grid (B, H', W', D) -> window-order tokens (B, G*K, D)."""
+        B, Hp, Wp, D = h.shape
         g = self.group_size
-        h = h.view(B, D, Hp // g, g, Wp // g, g).permute(0, 2, 4, 3, 5, 1)
+        h = h.view(B, Hp // g, g, Wp // g, g, D).permute(0, 1, 3, 2, 4, 5)
         return h.reshape(B, Hp * Wp, D)
 
     def unpatchify(self, h: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""Inference benchmarks: ELIT forward latency per budget, and 50-step CFG sampling throughput.
+
+    python benchmarks/inference.py latency  --model ELIT-SiT-XL/2 --budgets 1 0.5 0.25 0.0625
+    python benchmarks/inference.py sampling --model SiT-XL/2                     # CFG 4, 50 Euler steps
+    python benchmarks/inference.py sampling --model ELIT-SiT-XL/2 --unconditional-budget 0.0625   # cheap CFG
+
+Random-init weights (speed does not depend on them), batch 64, bf16 weights under bf16 autocast, regional
+torch.compile and CUDA-graph replay (`models.graphs.fast_inference`, as generate.py) unless switched off; the VAE is excluded. Every shape
+(budget) is run before timing. Latency: median of CUDA-event timings of `--repeats` forwards; the ideal is
+FLOPs(b) / FLOPs(1) x latency(1), FLOPs from torch.utils.flop_counter. Prints JSON lines.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from models import build_model  # noqa: E402
+from models.flops import forward_flops  # noqa: E402
+from models.graphs import fast_inference  # noqa: E402
+from samplers import sample  # noqa: E402
+
+
+def prepare(args):
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch.manual_seed(0)
+    model = build_model(args.model, input_size=args.resolution // 8).cuda()
+    return model, fast_inference(model, compile=args.compile, graphs=args.graphs)
+
+
+def cuda_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def latency(args):
+    model, fwd = prepare(args)
+    x, t, y = model.example_inputs(args.batch, device="cuda")
+    budgets = [b if b <= 1 else int(b) for b in args.budgets]
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        for b in budgets:
+            for _ in range(3):
+                fwd(x, t, y, budget=b)
+        ms = {b: cuda_ms(lambda: fwd(x, t, y, budget=b), args.repeats) for b in budgets}
+    f1 = forward_flops(model, 1, budget=1.0)
+    for b in budgets:
+        ratio = forward_flops(model, 1, budget=b) / f1
+        print(json.dumps(dict(kind="latency", model=args.model, batch=args.batch, budget=b, ms=round(ms[b], 3),
+                              flops_ratio=round(ratio, 4), latency_ratio=round(ms[b] / ms[budgets[0]], 4),
+                              vs_flop_proportional=round(ms[b] / (ratio * ms[budgets[0]]), 3),
+                              graphs=args.graphs, compile=args.compile, device=torch.cuda.get_device_name())),
+              flush=True)
+
+
+def sampling(args):
+    model, fwd = prepare(args)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    noise = torch.randn(args.batch, model.in_channels, model.input_size, model.input_size, device="cuda", generator=g)
+    y = torch.randint(0, model.num_classes, (args.batch,), device="cuda", generator=g)
+    kw = dict(num_steps=args.steps, cfg_scale=args.cfg_scale, unconditional_budget=args.unconditional_budget,
+              autocast_dtype=torch.bfloat16)
+    sample(fwd, noise, y, **kw)                                        # warm-up: compile, capture
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(args.repeats_sampling):
+        t0 = time.time()
+        sample(fwd, noise, y, **kw)
+        torch.cuda.synchronize()
+        runs.append(time.time() - t0)
+    sec = statistics.median(runs)
+    print(json.dumps(dict(kind="sampling", model=args.model, batch=args.batch, steps=args.steps, cfg_scale=args.cfg_scale,
+                          unconditional_budget=args.unconditional_budget, seconds=round(sec, 3),
+                          img_per_s=round(args.batch / sec, 2), graphs=args.graphs, compile=args.compile,
+                          device=torch.cuda.get_device_name())), flush=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["latency", "sampling"])
+    p.add_argument("--model", default="ELIT-SiT-XL/2")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.0625])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=4.0)
+    p.add_argument("--unconditional-budget", type=float, default=None)
+    p.add_argument("--repeats-sampling", type=int, default=3)
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--no-graphs", dest="graphs", action="store_false")
+    a = p.parse_args()
+    latency(a) if a.what == "latency" else sampling(a)

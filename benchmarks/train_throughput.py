@@ -1,0 +1,111 @@
+"""Training throughput of the real train.py step (training.Trainer.train_step), data loading excluded.
+
+    python benchmarks/train_throughput.py --model SiT-XL/2 --batch 64                      # one GPU
+    python benchmarks/train_throughput.py --model ELIT-SiT-XL/2 --multibudget
+    torchrun --nproc_per_node 2 benchmarks/train_throughput.py --model SiT-XL/2            # DDP, batch per GPU
+
+Each process gets `--batch` images per step from pre-made device tensors (synthetic latents: shapes and the
+step are the real ones, the data pipeline is not timed). Warm-up runs until every budget level (ELIT) or
+stage (DFM) has been trained at least twice, so no compilation or allocation falls in the timed steps; the
+timed steps then draw budgets as training does. Prints one JSON line per run (and appends it to --json).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from config import TrainConfig, parse_config  # noqa: E402
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class SyntheticLatents:
+    """Stands in for a latent dataset: metadata only (batches are made on the device)."""
+
+    def __init__(self, resolution: int, count: int = 1_000_000):
+        self.meta = dict(kind="latents", count=count, num_classes=1000, latent_shape=[4, resolution // 8, resolution // 8],
+                         image_resolution=[resolution, resolution], latent_scale=1.0, latent_shift=0.0, vae="none")
+
+    def __len__(self):
+        return self.meta["count"]
+
+    def __getitem__(self, i):
+        raise RuntimeError("benchmark batches are made on the device")
+
+
+def run(args) -> dict:
+    out = tempfile.mkdtemp(prefix="bench-")
+    flags = ["--model", args.model, "--global-batch-size", str(args.batch * int(os.environ.get("WORLD_SIZE", 1))),
+             "--output-dir", out, "--exp-name", "bench", "--report-to", "none", "--no-progress",
+             "--resolution", str(args.resolution), "--num-workers", "0",
+             "--compile" if args.compile else "--no-compile"]
+    if args.model.startswith("ELIT"):
+        levels = (args.resolution // 64) ** 2                           # 16 windows: K = g^2
+        flags += ["--elit-min-mask-prob", "0", "--elit-max-mask-prob", str(1 - 1 / levels if args.multibudget else 0.0)]
+    cfg = parse_config(TrainConfig, flags + args.extra)
+    from training import Trainer
+    trainer = Trainer(cfg, dataset=SyntheticLatents(args.resolution))
+    dev, shape = trainer.device, trainer.meta["latent_shape"]
+    g = torch.Generator(device=dev).manual_seed(trainer.rank)
+    batches = [[dict(x=torch.randn(trainer.micro, *shape, device=dev, generator=g),
+                     std=torch.rand(trainer.micro, *shape, device=dev, generator=g) * 0.1,
+                     y=torch.randint(0, 1000, (trainer.micro,), device=dev, generator=g))
+                for _ in range(cfg.gradient_accumulation_steps)] for _ in range(4)]
+
+    # Warm-up: until every condition (budget level / stage) has been trained twice.
+    t0, seen = time.time(), {}
+    while True:
+        cond = json.dumps(trainer.step_condition())
+        trainer.train_step(batches[trainer.step % 4])
+        seen[cond] = seen.get(cond, 0) + 1
+        if trainer.step >= 3 and min(seen.values()) >= 2 and (trainer.family != "ELIT-SiT" or not args.multibudget
+                                                              or len(seen) == levels):
+            break
+    sync()
+    warmup = time.time() - t0
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    conds = []
+    t0 = time.time()
+    for i in range(args.steps):
+        conds.append(trainer.step_condition())
+        trainer.train_step(batches[i % 4])
+    sync()
+    elapsed = time.time() - t0
+    world = trainer.world
+    result = dict(model=args.model, resolution=args.resolution, batch_per_gpu=args.batch, gpus=world,
+                  multibudget=bool(args.multibudget), compile=args.compile, steps=args.steps,
+                  img_per_s=round(args.batch * world * args.steps / elapsed, 1),
+                  step_ms=round(1000 * elapsed / args.steps, 2), warmup_s=round(warmup, 1),
+                  peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+                  conditions_timed=len({json.dumps(c) for c in conds}),
+                  device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__)
+    if trainer.is_main:
+        print(json.dumps(result), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="SiT-XL/2")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=64, help="images per GPU per step")
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--multibudget", action="store_true", help="ELIT: draw every budget level (else full budget)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--json", help="append the result to this JSON-lines file")
+    p.add_argument("extra", nargs="*", help="extra train.py flags after --, e.g. -- --gradient-accumulation-steps 2")
+    run(p.parse_args())
