@@ -13,30 +13,18 @@ from __future__ import annotations
 import glob
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
 
+from atomic import atomic_write
 from errors import UserError
 from models import build_from_arch
 
 
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temp file in the same folder, then rename: readers never see a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), ".pt")
 
 
 save_checkpoint = atomic_save

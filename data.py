@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from atomic import write_json
 from errors import UserError
 
 FORMAT_VERSION = 1
@@ -390,16 +391,7 @@ def read_progress(tmp: str) -> dict:
 
 
 def write_progress(tmp: str, recipe: dict, done: int) -> None:
-    _write_json(os.path.join(tmp, "progress.json"), {"recipe": _canonical(recipe), "done": done})
-
-
-def _write_json(path: str, obj) -> None:
-    part = path + ".tmp"
-    with open(part, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
+    write_json(os.path.join(tmp, "progress.json"), {"recipe": _canonical(recipe), "done": done})
 
 
 def finish_dataset(tmp: str, dest: str, meta: dict, recipe: dict) -> None:
@@ -409,7 +401,7 @@ def finish_dataset(tmp: str, dest: str, meta: dict, recipe: dict) -> None:
         if os.path.exists(os.path.join(tmp, name)):
             os.unlink(os.path.join(tmp, name))
     meta = dict(format=FORMAT_VERSION, **meta, recipe=_canonical(recipe))
-    _write_json(os.path.join(tmp, META_FILE), meta)
+    write_json(os.path.join(tmp, META_FILE), meta)
     if os.path.isdir(dest):
         os.rmdir(dest)                                      # begin_dataset checked it is empty
     os.replace(tmp, dest)

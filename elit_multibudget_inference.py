@@ -38,9 +38,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from atomic import atomic_write
 from config import InferenceConfig, parse_config, to_dict
 from errors import UserError, run_main, user_errors
-from generate import (autocast_dtype, fast_model, draw_inputs, load_decoder, load_for_sampling, model_evaluations, pick_device,
+from generate import (autocast_dtype, draw_inputs, fast_model, load_decoder, load_for_sampling, model_evaluations,
+                      pick_device,
                       resolve_sampling, run_sampler, sample_latents, save_json)
 from images import to_uint8
 
@@ -162,14 +164,10 @@ def sample_gflops(plan: dict, flops: dict) -> float:
 
 def _savefig(fig, path: str) -> None:
     import matplotlib.pyplot as plt
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plot_costs(results: dict, out_dir: str) -> tuple[str, str]:
@@ -371,11 +369,10 @@ def run(cfg: InferenceConfig) -> dict:
                           [budget_label(model, b) for b in budgets], os.path.join(cfg.output_dir, "grid_guidance.png"),
                           col_labels=[f"{m} (scale {cfg.guidance_scale:g})" for m in GUIDANCE_MODES])
         npz = os.path.join(cfg.output_dir, "images.npz")
-        tmp = npz + f".tmp-{os.getpid()}.npz"
-        np.savez(tmp, budgets=np.array(budgets), budget_rows=np.stack([images["budget", b] for b in budgets]),
-                 guidance_modes=np.array(list(GUIDANCE_MODES)),
-                 guidance_rows=np.stack([np.stack([images[m, b] for m in GUIDANCE_MODES]) for b in budgets]))
-        os.replace(tmp, npz)
+        atomic_write(npz, lambda f: np.savez(
+            f, budgets=np.array(budgets), budget_rows=np.stack([images["budget", b] for b in budgets]),
+            guidance_modes=np.array(list(GUIDANCE_MODES)),
+            guidance_rows=np.stack([np.stack([images[m, b] for m in GUIDANCE_MODES]) for b in budgets])))
         results["files"].update(grid=os.path.basename(grid), grid_guidance=os.path.basename(gguid),
                                 images=os.path.basename(npz))
     path = os.path.join(cfg.output_dir, "results.json")

@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,6 +52,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from atomic import atomic_write, write_json
 from checkpoint import load_checkpoint, model_from_checkpoint
 from config import GenerateConfig, parse_budget_schedule, parse_config, to_dict
 from errors import UserError, run_main, user_errors
@@ -407,26 +407,13 @@ def read_npz_shape(path: str) -> Optional[tuple]:
 # ----------------------------------------------------------------------------------------------------------
 # Atomic writes.
 
-def _atomic_write(path: str, write: Callable, suffix: str) -> None:
-    """write(file object) into a temp file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_png(image: np.ndarray, path: str) -> None:
     from PIL import Image
-    _atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"), ".png")
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"), ".png")
 
 
 def save_json(obj, path: str) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()), ".json")
+    write_json(path, obj, indent=2)
 
 
 def write_npz_from_shards(path: str, shard_paths: list[str], shape: tuple) -> None:
@@ -446,7 +433,7 @@ def write_npz_from_shards(path: str, shard_paths: list[str], shape: tuple) -> No
                     count += len(arr)
                 if count != shape[0]:
                     raise UserError(f"the shards hold {count} images, expected {shape[0]}")
-    _atomic_write(path, write, ".npz")
+    atomic_write(path, write, ".npz")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -539,7 +526,7 @@ class Batches:
         if all(os.path.isfile(p) for p in pngs):
             from PIL import Image
             arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
-            _atomic_write(self.shard(j), lambda f: np.save(f, arr), ".npy")
+            atomic_write(self.shard(j), lambda f: np.save(f, arr), ".npy")
             return True
         return False
 
@@ -549,7 +536,7 @@ class Batches:
         if write_png:
             for i, img in zip(self.indices(j), images):
                 save_png(img, self.png(i))
-        _atomic_write(self.shard(j), lambda f: np.save(f, images), ".npy")
+        atomic_write(self.shard(j), lambda f: np.save(f, images), ".npy")
 
 
 def _settings(cfg: GenerateConfig, ck: SamplingCheckpoint, plan: dict, vae: Optional[str]) -> dict:

@@ -8,11 +8,12 @@ rounding (not truncating) as the ADM evaluation suite expects.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
 from PIL import Image
+
+from atomic import atomic_write
 
 
 def pixels_to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,4 @@ def save_grid(images, path: str, nrow: int | None = None, pad: int = 2) -> None:
     for i, img in enumerate(images):
         r, col = divmod(i, nrow)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(grid[..., 0] if c == 1 else grid).save(f, format="PNG"))

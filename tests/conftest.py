@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -36,3 +37,30 @@ def require_cuda():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+class OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops run inside it; `SYNCS` are the ones that copy device data to the host."""
+
+    SYNCS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def syncs(self) -> set:
+        return self.SYNCS & set(self.ops)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and a contended CPU makes OpenMP spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,9 +3,8 @@
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import tiny_model
+from conftest import OpLog, tiny_model
 from loss import DFMLoss, FlowMatchingLoss, pyramid_shapes, slice_draws
 from models.dfm import decompose
 
@@ -161,26 +160,14 @@ def test_training_a_tiny_three_stage_dfm_reduces_the_loss():
     assert after < 0.5 * before, (before, after)
 
 
-class _SyncLog(TorchDispatchMode):
-    SYNCS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("family", ["DFM-SiT", "ELIT-SiT"])
 def test_loss_step_has_no_host_sync(family):
     model = dfm(3) if family == "DFM-SiT" else tiny_model(family)
     x0, y = torch.randn(2, *SHAPE), torch.tensor([1, 2])
-    with _SyncLog() as log:
+    with OpLog() as log:
         if family == "DFM-SiT":
             out = DFMLoss(stage_weights=(1, 1, 1))(model, x0, y, 1)
         else:
             out = FlowMatchingLoss(weighting="lognormal")(model, x0, y, budget=0.5)
         out.loss.mean().backward()
-    assert not log.SYNCS & log.ops, log.SYNCS & log.ops
+    assert not log.syncs, log.syncs

@@ -56,13 +56,7 @@ def ckpts(tmp_path_factory):
                 dfm=write_checkpoint(str(d / "dfm.pt"), "DFM-SiT"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and CPU contention makes OpenMP spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(*argv, max_batches=None):

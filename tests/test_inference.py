@@ -21,12 +21,7 @@ FAST = ["--class-label", "3", "--num-steps", "3", "--num-images", "2", "--latenc
         "--latency-repeats", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import FIXTURES, tiny_model
+from conftest import FIXTURES, OpLog, tiny_model
 from models import (ELIT_REFERENCE_LAYOUT, MODEL_NAMES, build_from_arch, build_model, convert_reference,
                     parse_model_name)
 from models.convert import config_from_reference
@@ -222,18 +221,6 @@ def test_train_mode_forward_is_deterministic_too():
     torch.testing.assert_close(model(*inputs, budget=0.5), model(*inputs, budget=0.5), rtol=0, atol=0)
 
 
-class _OpLog(TorchDispatchMode):
-    SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "item", "equal", "is_nonzero"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("family,kw", [("SiT", {}), ("ELIT-SiT", {"budget": 0.5}), ("ELIT-SiT", {}),
                                         ("DFM-SiT", {"active": 1})])
 def test_forward_has_no_host_sync_and_no_batch_loop(family, kw):
@@ -242,11 +229,11 @@ def test_forward_has_no_host_sync_and_no_batch_loop(family, kw):
     for batch in (2, 5):
         model.zero_grad(set_to_none=True)
         inputs = model.example_inputs(batch)
-        with _OpLog() as log:
+        with OpLog() as log:
             out = model(*inputs, **kw)
             (sum(o.sum() for o in out) if isinstance(out, list) else out.sum()).backward()
+        assert not log.syncs, log.syncs
         logs.append(log.ops)
-    assert not _OpLog.SYNCS & set(logs[0]), _OpLog.SYNCS & set(logs[0])
     assert logs[0] == logs[1]                           # the same ops for any batch size: no loop over it
 
 

@@ -3,9 +3,8 @@
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import tiny_model
+from conftest import OpLog, tiny_model
 from models.dfm import decompose, recompose
 from paths import get_path
 from samplers import budget_at, dfm_schedule, guidance_scale, sample, sample_dfm
@@ -240,25 +239,13 @@ def test_bf16_autocast_keeps_a_float32_state():
     torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
 
 
-class _SyncLog(TorchDispatchMode):
-    SYNCS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("kw", [dict(cfg_scale=2.0, guidance_high=0.5), dict(mode="sde", cfg_scale=2.0),
                                 dict(heun=True, unconditional_budget=0.25, cfg_scale=2.0,
                                      budget_schedule=[(0.5, 0.5), (0.0, 1.0)])])
 def test_sampling_loop_has_no_host_sync(kw):
-    with _SyncLog() as log:
+    with OpLog() as log:
         sample(tiny_model("ELIT-SiT"), *inputs(), num_steps=4, **kw)
-    assert not log.SYNCS & log.ops, log.SYNCS & log.ops
+    assert not log.syncs, log.syncs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,10 +352,10 @@ def test_dfm_zero_velocity_returns_recomposed_noise():
 def test_dfm_sampling_loop_has_no_host_sync():
     model = tiny_model("DFM-SiT", patch=4, dfm_stages=3)
     noise = decompose(torch.randn(2, *SHAPE), 3)
-    with _SyncLog() as log:
+    with OpLog() as log:
         sample_dfm(model, noise, torch.tensor([0, 5]), steps_per_stage=(2, 2, 2), thresholds=(0.5, 0.2),
                    cfg_scale=2.0, guidance_high=0.6)
-    assert not log.SYNCS & log.ops, log.SYNCS & log.ops
+    assert not log.syncs, log.syncs
 
 
 def test_cheap_cfg_step_costs_at_least_30_percent_less():
