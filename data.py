@@ -17,6 +17,7 @@ Every kind also has: format (1), count, num_classes, class_names (label i is cla
 never overwritten by a different one, and rerunning the same command is a no-op).
 
 Training items are dicts (collated by the default collate into batches):
+    image uint8 (3, H, W): the source image (latents loaded with_images=True, for REPA)
     x    float32 (C, h, w): the latent posterior mean, or the pixels scaled to [-1, 1]
     std  float32 (C, h, w): the latent posterior std (latents only; pixel items have no `std` key)
     y    int64 (): the class label
@@ -133,6 +134,31 @@ def _not_trainable(meta: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # The training dataset.
 
+class SourceImages:
+    """uint8 (H, W, 3) images of a `convert` folder (PNGs) or of a 3-channel pixel dataset, by index: the input
+    of `encode`, and the REPA encoder's input when training on latents (latent i was encoded from image i)."""
+
+    def __init__(self, folder: str, meta: dict):
+        self.folder, self.meta, self._images = folder, meta, None
+
+    def __len__(self) -> int:
+        return self.meta["count"]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_images": None}
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        if self.meta["kind"] == "images":
+            with Image.open(os.path.join(self.folder, self.meta["labels"][i][0])) as img:
+                arr = np.array(img.convert("RGB"))
+        else:
+            if self._images is None:
+                self._images = np.load(os.path.join(self.folder, "images.npy"), mmap_mode="r")
+            arr = np.array(self._images[i])
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
 class ArrayDataset(Dataset):
     """Items of a latent or pixel dataset, read from memory-mapped .npy files.
 
@@ -141,10 +167,11 @@ class ArrayDataset(Dataset):
     micro-batch with one fancy index per array.
     """
 
-    def __init__(self, data_dir: str, meta: dict):
+    def __init__(self, data_dir: str, meta: dict, images: Optional[SourceImages] = None):
         self.data_dir, self.meta, self.kind = data_dir, meta, meta["kind"]
         self.paths = {name: os.path.join(data_dir, file) for name, file in array_files(meta).items()}
         self._arrays, self._pid = None, None
+        self.images = images                     # latents only: the source images, for REPA
 
     def __len__(self) -> int:
         return int(self.meta["count"])
@@ -165,7 +192,11 @@ class ArrayDataset(Dataset):
         if self.kind == "latents":
             x = torch.from_numpy(np.ascontiguousarray(a["mean"][idx]))                 # (B, C, h, w)
             std = torch.from_numpy(np.ascontiguousarray(a["std"][idx]))
-            return [dict(x=x[i], std=std[i], y=y[i]) for i in range(len(idx))]
+            items = [dict(x=x[i], std=std[i], y=y[i]) for i in range(len(idx))]
+            if self.images is not None:                                                  # (3, H, W) uint8
+                for item, i in zip(items, indices):
+                    item["image"] = self.images[int(i)].permute(2, 0, 1)
+            return items
         img = torch.from_numpy(np.ascontiguousarray(a["images"][idx]))                   # (B, H, W, C) uint8
         x = img.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)                        # (B, C, H, W) in [-1, 1]
         return [dict(x=x[i], y=y[i]) for i in range(len(idx))]
@@ -174,8 +205,12 @@ class ArrayDataset(Dataset):
         return self.__getitems__([index])[0]
 
 
-def load_dataset(data_dir: str) -> ArrayDataset:
-    """The dataset in `data_dir` (latents or pixels); checks metadata and array files up front."""
+def load_dataset(data_dir: str, with_images: bool = False) -> ArrayDataset:
+    """The dataset in `data_dir` (latents or pixels); checks metadata and array files up front.
+
+    `with_images` (REPA): latent items also carry `image`, uint8 (3, H, W), read from the `convert` folder the
+    latents were encoded from (the metadata's `source`); pixel items are images already.
+    """
     meta = read_meta(data_dir)
     if meta["kind"] not in TRAINABLE_KINDS:
         raise UserError(f"{data_dir}: {_not_trainable(meta)}")
@@ -202,7 +237,17 @@ def load_dataset(data_dir: str) -> ArrayDataset:
         if name == "labels" and (arr.min() < 0 or arr.max() >= meta["num_classes"]):
             raise UserError(f"corrupt {path}: labels outside 0..{meta['num_classes'] - 1}")
         del arr
-    return ArrayDataset(data_dir, meta)
+    images = None
+    if with_images and meta["kind"] == "latents":
+        source = meta.get("source")
+        if not source or not os.path.isfile(os.path.join(source, META_FILE)):
+            raise UserError(f"REPA needs the images the latents of {data_dir} were encoded from, but their folder "
+                            f"{source!r} is missing; restore it or train without REPA (proj_coeff 0)")
+        src = read_meta(source)
+        if src["count"] != count:
+            raise UserError(f"{source} holds {src['count']} images but {data_dir} holds {count} latents")
+        images = SourceImages(source, src)
+    return ArrayDataset(data_dir, meta, images)
 
 
 def array_files(meta: dict) -> dict:

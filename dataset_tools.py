@@ -22,7 +22,7 @@ import zipfile
 import numpy as np
 
 from config import ConvertConfig, DemoConfig, EncodeConfig, FashionMnistConfig, parse_config
-from data import (DEMO_CLASSES, FASHION_MNIST_CLASSES, begin_dataset, dataset_done, fashion_mnist_pixels,
+from data import (DEMO_CLASSES, FASHION_MNIST_CLASSES, SourceImages, begin_dataset, dataset_done, fashion_mnist_pixels,
                   finish_dataset, make_demo_images, read_meta, read_progress, write_pixel_dataset, write_progress)
 from errors import UserError, run_main
 
@@ -249,31 +249,6 @@ def convert(cfg: ConvertConfig) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # encode: images -> VAE posterior mean and std, in preallocated .npy files.
 
-class _SourceImages:
-    """uint8 (H, W, 3) images of a `convert` folder (PNGs) or of a 3-channel pixel dataset, by index."""
-
-    def __init__(self, folder: str, meta: dict):
-        self.folder, self.meta, self._images = folder, meta, None
-
-    def __len__(self) -> int:
-        return self.meta["count"]
-
-    def __getstate__(self):
-        return {**self.__dict__, "_images": None}
-
-    def __getitem__(self, i: int):
-        import torch
-        from PIL import Image
-        if self.meta["kind"] == "images":
-            with Image.open(os.path.join(self.folder, self.meta["labels"][i][0])) as img:
-                arr = np.array(img.convert("RGB"))
-        else:
-            if self._images is None:
-                self._images = np.load(os.path.join(self.folder, "images.npy"), mmap_mode="r")
-            arr = np.array(self._images[i])
-        return torch.from_numpy(np.ascontiguousarray(arr))
-
-
 def _source_labels(folder: str, meta: dict) -> np.ndarray:
     if meta["kind"] == "images":
         return np.array([label for _, label in meta["labels"]], dtype=np.int64)
@@ -323,7 +298,7 @@ def encode(cfg: EncodeConfig) -> None:
         mean_mm, std_mm = open_memmap(mean_path, mode="r+"), open_memmap(std_path, mode="r+")
         print(f"resuming {cfg.dest} at image {done} of {n}", file=sys.stderr)
     batches = [list(range(s, min(s + cfg.batch_size, n))) for s in range(done, n, cfg.batch_size)]
-    loader = torch.utils.data.DataLoader(_SourceImages(cfg.source, src), batch_sampler=batches,
+    loader = torch.utils.data.DataLoader(SourceImages(cfg.source, src), batch_sampler=batches,
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     start = last_save = time.time()
     for batch, images in zip(batches, _progress(loader, total=len(batches), desc="encode", unit="batch")):

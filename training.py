@@ -88,7 +88,7 @@ class Trainer:
         if dataset is None:
             if not cfg.data_dir:
                 raise UserError("no data: pass --data-dir (a folder written by dataset_tools.py)")
-            dataset = load_dataset(cfg.data_dir)
+            dataset = load_dataset(cfg.data_dir, with_images=cfg.proj_coeff > 0)
         self.dataset, self.meta = dataset, dataset.meta
         info = dataset_info(self.meta)
         if cfg.resolution is not None:
@@ -118,9 +118,6 @@ class Trainer:
         if cfg.proj_coeff > 0:
             if not cfg.repa_depth:
                 raise UserError("proj_coeff > 0 needs repa_depth (the block whose tokens the projector reads)")
-            if self.meta["kind"] != "pixels":
-                raise UserError("REPA needs the training images next to the latents; this release supports REPA "
-                                "on pixel datasets only")
             self.encoder = load_repa_encoder(cfg.repa_encoder, cfg.repa_encoder_path, self.device)
             repa = dict(repa_depth=cfg.repa_depth, repa_z_dim=self.encoder.embed_dim)
         elif cfg.repa_depth:
@@ -274,7 +271,8 @@ class Trainer:
             target = None
             if self.encoder is not None:
                 size = unwrap(self.model).grid * 14                     # DINOv2 /14 patches = the model's token grid
-                target = encoder_features(self.encoder, batch["x"].expand(-1, 3, -1, -1), size=size)
+                images = batch["image"] if "image" in batch else batch["x"].expand(-1, 3, -1, -1)
+                target = encoder_features(self.encoder, images, size=size)
             sync = self.accelerator.no_sync(self.ddp_model) if micro < n - 1 else contextlib.nullcontext()
             with sync:
                 out = self.loss_fn(self.ddp_model, x, batch["y"], draws=draws, target_features=target, **condition)

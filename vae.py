@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from errors import UserError
+from images import pixels_to_uint8
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 
@@ -140,5 +141,5 @@ def decode_latents(vae, x: torch.Tensor, scale: float, shift: float = 0.0,
     for sl in _batches(len(x), batch_size):
         z = x[sl].float() / scale + shift
         img = vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.float()       # (b, 3, H, W) ~ [-1, 1]
-        out.append(img.mul(127.5).add(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+        out.append(pixels_to_uint8(img))
     return torch.cat(out)

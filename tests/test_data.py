@@ -480,3 +480,53 @@ def test_cli_errors_are_one_line(tmp_path):
     for (rc, _, err), words in zip(results, expected):
         assert_one_line_error(rc, err, *words)
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_latent_items_carry_their_source_images_for_repa(latents, images32):
+    ds = load_dataset(str(latents), with_images=True)
+    _, images, _ = read_converted(images32)
+    items = ds.__getitems__([4, 0, 6])
+    for item, i in zip(items, [4, 0, 6]):
+        assert item["image"].dtype == torch.uint8
+        assert np.array_equal(item["image"].permute(1, 2, 0).numpy(), images[i])
+    assert "image" not in load_dataset(str(latents))[0]
+
+
+class _FakeDINO(torch.nn.Module):
+    """DINOv2's interface (forward_features -> x_norm_patchtokens, /14 patches, embed_dim), tiny."""
+
+    embed_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, self.embed_dim, kernel_size=14, stride=14)
+
+    def forward_features(self, x):
+        return {"x_norm_patchtokens": self.proj(x).flatten(2).transpose(1, 2)}
+
+
+def test_training_on_encoded_latents_with_repa(latents, tmp_path, monkeypatch):
+    """train.py's loop on `encode` output: posterior sampling, REPA on the source images, a decoded grid."""
+    import training
+    from config import TrainConfig, parse_config
+    monkeypatch.setattr(training, "load_repa_encoder", lambda *a, **k: _FakeDINO().requires_grad_(False))
+    cfg = parse_config(TrainConfig, [
+        "--model", "SiT-S/2", "--data-dir", str(latents), "--output-dir", str(tmp_path), "--exp-name", "run",
+        "--global-batch-size", "4", "--max-train-steps", "2", "--log-every", "1", "--sample-every", "0",
+        "--sample-num-steps", "2", "--report-to", "none", "--num-workers", "0", "--no-progress",
+        "--proj-coeff", "0.5", "--repa-depth", "1"])
+    trainer = training.Trainer(cfg, model_kwargs=dict(hidden_size=32, depth=2, num_heads=2))
+    calls = []
+    original = trainer.loss_fn.__call__
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(out.proj)
+        return out
+    monkeypatch.setattr(trainer, "loss_fn", type("Spy", (), {"__call__": staticmethod(spy),
+                                                             "draw": trainer.loss_fn.draw})())
+    trainer.fit()
+    assert len(calls) == 2 and all(p is not None and p.shape == (4,) for p in calls)
+    assert trainer.model.projector[-1].out_features == _FakeDINO.embed_dim
+    grid = tmp_path / "run" / "samples" / "0000002.png"
+    assert grid.is_file() and np.asarray(Image.open(grid)).shape[-1] == 3       # decoded by the tiny VAE
