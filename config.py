@@ -254,8 +254,8 @@ class FashionMnistStudyConfig:
     global_batch_size: Optional[int] = opt(None, "training batch of each model (full: 256; smoke: 8)")
     learning_rate: Optional[float] = opt(None, "AdamW learning rate of both models (full: 0.0002; smoke: 0.001)")
     warmup_steps: Optional[int] = opt(None, "linear learning-rate warm-up steps of both models (full: 100; smoke: 0)")
-    ema_decay: Optional[float] = opt(None, "EMA decay of both models (full: 0.998, a ~500-step horizon for a short "
-                                     "run; smoke: 0.5)")
+    ema_decay: Optional[float] = opt(None, "EMA decay of both models (full: 0.99, a ~100-step horizon: the time "
+                                     "guard may cut the run to a few hundred steps; smoke: 0.5)")
     label_dropout: float = opt(0.1, "label dropout of both models (classifier-free guidance)")
     weighting: Literal["uniform", "lognormal"] = opt("uniform", "training time distribution of both models")
     time_budget_minutes: float = opt(7.0, "wall-clock budget of the whole command: training steps (equal for both "

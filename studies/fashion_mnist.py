@@ -68,7 +68,7 @@ from errors import UserError, run_main
 MODELS = {"sit": "SiT-S/2", "elit": "ELIT-SiT-S/2"}
 GROUP_SIZE = 4                                                  # 16x16 tokens -> 16 windows of 4x4
 PRESETS = {  # values of the options left at None, per mode
-    "full": dict(steps=3000, global_batch_size=256, learning_rate=2e-4, warmup_steps=100, ema_decay=0.998,
+    "full": dict(steps=3000, global_batch_size=256, learning_rate=2e-4, warmup_steps=100, ema_decay=0.99,
                  probe_steps=60, log_every=20, num_workers=4, num_samples=2000, sample_batch_size=500,
                  sampling_steps=50, heldout_items=2000, num_reference=None, latency_batch_size=256,
                  latency_repeats=10, classifier_epochs=None, classifier_items=None),
@@ -98,6 +98,8 @@ B_MAX_RATIO = 2.0              #     graceful: no halving of the budget multipli
 C_FD_TOL = 0.10                # (c) FD(cheap CFG) <= (1 + C_FD_TOL) FD(CFG)
 C_ACC_TOL = 0.02               #     accuracy(cheap CFG) >= accuracy(CFG) - C_ACC_TOL
 C_MIN_SAVING = 0.25            #     and >= 25% fewer GFLOPs per guided step ("about a third")
+MIN_SAMPLE_ACCURACY = 0.5      # no claim is judged unless SiT's and full-budget ELIT's samples are recognisable:
+                               # the classifier must give the drawn label for at least half of them (chance: 0.1)
 THRESHOLDS = dict(a_margin=A_MARGIN, b_fd_tol=B_FD_TOL, b_acc_tol=B_ACC_TOL, b_max_ratio=B_MAX_RATIO,
                   c_fd_tol=C_FD_TOL, c_acc_tol=C_ACC_TOL, c_min_saving=C_MIN_SAVING)
 OUT_FILES = ("results.json", "report.md", "fd_vs_gflops.png", "grids.png", "loss_curves.png", "study.log")
@@ -784,6 +786,16 @@ def judge_claims(results: dict) -> dict:
         c["saving_enough"] = c["gflops_saving"] >= C_MIN_SAVING
         c["verdict"] = "holds" if c["quality_matches"] and c["saving_enough"] else "does not hold"
     claims["c"] = c
+
+    # A comparison of models whose samples are unrecognisable says nothing about the method.
+    accuracies = [r.get("accuracy") for r in (sit, full)]
+    if all(v is not None for v in accuracies) and min(accuracies) < MIN_SAMPLE_ACCURACY:
+        for claim in claims.values():
+            if claim["verdict"] != "not evaluated":
+                claim["verdict_from_numbers"] = claim["verdict"]
+                claim["verdict"] = "not evaluated"
+                claim["reason"] = (f"samples not recognisable: classifier accuracy on SiT's / full-budget ELIT's samples "
+                                   f"{accuracies[0]:.3f} / {accuracies[1]:.3f} < {MIN_SAMPLE_ACCURACY} (chance 0.1)")
     return claims
 
 
@@ -943,6 +955,8 @@ def render_report(results: dict) -> str:
 
 def claim_sentence(key: str, c: dict) -> str:
     """The numbers behind a verdict, in one sentence."""
+    if c.get("reason"):
+        return f"Not judged: {c['reason']}; the numbers alone would say '{c['verdict_from_numbers']}'."
     if c.get("verdict") in (None, "not evaluated"):
         return "Some numbers are missing (see Errors)."
     if key == "a":

@@ -72,7 +72,7 @@ def test_smoke_run_has_every_row_and_output(smoke):
         assert [s["to_step"] for s in t["segments"]] == [3, 6]                  # probe, then resumed to the cap
     report = (out / "report.md").read_text()
     for claim in "abc":
-        assert on_disk["claims"][claim]["verdict"] in ("holds", "does not hold", "inconclusive")
+        assert on_disk["claims"][claim]["verdict"] in ("holds", "does not hold", "inconclusive", "not evaluated")
         assert f"({claim})" in report
     for row in on_disk["rows"]:
         assert row["label"] in report
@@ -182,3 +182,8 @@ def test_claim_verdicts_follow_the_stated_thresholds():
     assert study.judge_claims(bumpy)["b"]["monotone"] is False                  # 9 -> 7 at lower FLOPs
     missing = _results(fd=[None] * 9, acc=[None] * 9, gflops=GFLOPS)
     assert {v["verdict"] for v in study.judge_claims(missing).values()} == {"not evaluated"}
+    chance = _results(fd=[800, 810, 810, 810, 811, 811, 809, 809, 810], acc=[.1] * 9, gflops=GFLOPS)
+    judged = study.judge_claims(chance)                  # unrecognisable samples: nothing is judged
+    assert {v["verdict"] for v in judged.values()} == {"not evaluated"}
+    assert judged["c"]["verdict_from_numbers"] == "holds" and "not recognisable" in judged["c"]["reason"]
+    assert "Not judged" in study.claim_sentence("c", judged["c"])
