@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
+from checkpoint import atomic_save  # noqa: E402
 from models import build_model  # noqa: E402
 
 # Tiny settings: every family at a few thousand parameters, 8x8 inputs (4x4 token grid).
@@ -64,3 +65,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Tiny checkpoints as train.py writes them.
+
+def pixel_meta(channels: int = 3) -> dict:
+    return dict(kind="pixels", resolution=[8, 8], channels=channels, num_classes=10, count=100,
+                class_names=[f"c{i}" for i in range(10)])
+
+
+def write_checkpoint(path: str, family: str = "ELIT-SiT", dataset: dict | None = "pixels", seed: int = 0,
+                     **overrides) -> str:
+    """A checkpoint with arch/model/ema/step/config/dataset; `dataset='pixels'` -> an 8x8 RGB pixel dataset."""
+    if dataset == "pixels":
+        dataset = pixel_meta()
+        overrides.setdefault("in_channels", 3)
+    model = tiny_model(family, seed=seed, **overrides)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = dict(arch=model.arch, model=model.state_dict(), ema=ema, step=12,
+                config=dict(exp_name="tiny", path_type="linear"))
+    if dataset is not None:
+        ckpt["dataset"] = dataset
+    atomic_save(ckpt, path)
+    return path
+
+
+def script_env():
+    """Environment of a test subprocess: one CPU thread, no GPU, the repo importable."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
+    env.pop("ELIT_DEBUG", None)
+    return env

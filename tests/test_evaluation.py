@@ -2,6 +2,7 @@
 reference statistics, weights handling and the CLI. CPU only; no download, no real weights: the Inception
 architecture is built by torchvision with random weights and read back through the same local-file path."""
 
+import glob
 import json
 import os
 import subprocess
@@ -16,9 +17,9 @@ import torch.nn.functional as F
 import torchvision
 
 import evaluation
+from conftest import ROOT, script_env, write_checkpoint
 from evaluation import EvalInputError, evaluator, features, metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TorchScript is the documented feature-network format; its deprecation notice is not the subject here.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 
@@ -432,3 +433,24 @@ def test_npz_batches_stream_and_validate(tmp_path, save):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(EvalInputError, match="cannot read"):
         evaluation.NpzImages(str(tmp_path / "junk.npz"))
+
+
+def test_eval_script_end_to_end_on_cpu(tmp_path, inception_weights):
+    """experiments_updated/evaluation/eval.sh: torchrun generate.py (a tiny checkpoint), then evaluate.py."""
+    ckpt = write_checkpoint(str(tmp_path / "elit.pt"), "ELIT-SiT")
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=images(16, size=8))
+    out = subprocess.run(
+        ["bash", "experiments_updated/evaluation/eval.sh", f"CKPT={ckpt}", f"REF={ref}", "NUM_SAMPLES=8", "NPROC=1",
+         f"INCEPTION={inception_weights}", "GEN_CONFIG=experiments_updated/generation/demo.yaml", "BUDGET=0.5",
+         f"GEN_ARGS=--sample-dir {tmp_path / 'samples'} --num-steps 2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=script_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = glob.glob(str(tmp_path / "samples" / "*_vs_ref*.json"))
+    assert len(written) == 1, os.listdir(tmp_path / "samples")
+    metrics = json.load(open(written[0]))
+    for key in ("fid", "sfid", "inception_score", "precision", "recall"):
+        assert np.isfinite(metrics[key]), key
+    npz = glob.glob(str(tmp_path / "samples" / "*.npz"))
+    assert len(npz) == 1 and np.load(npz[0])["arr_0"].shape == (8, 8, 8, 3)
+    assert "-b0.5-" in os.path.basename(npz[0])                       # the BUDGET setting reached generate.py

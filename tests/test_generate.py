@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, tiny_model
-from checkpoint import atomic_save
+from conftest import ROOT, pixel_meta, script_env, tiny_model, write_checkpoint
 from config import GenerateConfig, parse_config
 from errors import UserError
 import generate
@@ -26,27 +25,6 @@ SMALL = ["--num-samples", "10", "--per-proc-batch-size", "4", "--num-steps", "3"
 
 # ---------------------------------------------------------------------------------------------------------
 # Fixtures: tiny checkpoints as train.py writes them.
-
-def pixel_meta(channels: int = 3) -> dict:
-    return dict(kind="pixels", resolution=[8, 8], channels=channels, num_classes=10, count=100,
-                class_names=[f"c{i}" for i in range(10)])
-
-
-def write_checkpoint(path: str, family: str = "ELIT-SiT", dataset: dict | None = "pixels", seed: int = 0,
-                     **overrides) -> str:
-    """A checkpoint with arch/model/ema/step/config/dataset; `dataset='pixels'` -> an 8x8 RGB pixel dataset."""
-    if dataset == "pixels":
-        dataset = pixel_meta()
-        overrides.setdefault("in_channels", 3)
-    model = tiny_model(family, seed=seed, **overrides)
-    ema = {k: v.clone() for k, v in model.state_dict().items()}
-    ckpt = dict(arch=model.arch, model=model.state_dict(), ema=ema, step=12,
-                config=dict(exp_name="tiny", path_type="linear"))
-    if dataset is not None:
-        ckpt["dataset"] = dataset
-    atomic_save(ckpt, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
@@ -66,12 +44,6 @@ def gen(*argv, max_batches=None):
 def load_npz(path):
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
-
-
-def script_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
-    env.pop("ELIT_DEBUG", None)
-    return env
 
 
 # ---------------------------------------------------------------------------------------------------------

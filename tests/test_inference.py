@@ -10,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, script_env, write_checkpoint
 from config import GenerateConfig, InferenceConfig, parse_config
 from errors import UserError
 import elit_multibudget_inference as mbi
 from generate import generate_images, load_for_sampling
-from test_generate import script_env, write_checkpoint
 
 FAST = ["--class-label", "3", "--num-steps", "3", "--num-images", "2", "--latency-batch-size", "2",
         "--latency-repeats", "1"]
