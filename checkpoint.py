@@ -27,8 +27,6 @@ def atomic_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), ".pt")
 
 
-save_checkpoint = atomic_save
-
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load one of our checkpoints with weights_only=True; a missing or corrupt file is a UserError."""

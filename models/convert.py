@@ -26,6 +26,7 @@ Command line (a reference checkpoint -> a checkpoint our scripts load):
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 import torch
@@ -152,7 +153,7 @@ def load_reference_checkpoint(path: str) -> dict:
 
 
 def main(argv=None) -> None:
-    from checkpoint import save_checkpoint          # script entry point: the library layer above models
+    from checkpoint import atomic_save              # script entry point: the library layer above models
     from errors import UserError, run_main, user_errors
     from . import parse_model_name
 
@@ -182,11 +183,16 @@ def main(argv=None) -> None:
         for item in args.set:
             key, _, value = item.partition("=")
             cfg[key] = eval_literal(value)
+        if family == "ELIT-SiT" and not {"elit_head_depth", "elit_tail_depth"} <= set(cfg):
+            raise UserError("the checkpoint's args do not give the ELIT head/tail depths (encoder_depth, "
+                            "dit_decoder_depth): pass --set elit_head_depth=N elit_tail_depth=M (the reference's "
+                            "XL layout is 8 and 4)")
         with user_errors():
             model = convert_reference(family, ckpt[args.entry], cfg, name=name)
         sd = model.state_dict()
-        save_checkpoint(args.out, {"model": sd, "ema": sd, "arch": model.arch, "step": int(ref_args.get("step", 0)),
-                                   "config": {"converted_from": args.ckpt}})
+        step = int(ckpt.get("steps", ckpt.get("step", 0)) or 0)
+        atomic_save({"model": sd, "ema": sd, "arch": model.arch, "step": step,
+                     "config": {"converted_from": os.path.abspath(args.ckpt), "entry": args.entry}}, args.out)
         print(f"wrote {args.out} ({model.arch['name']})")
 
     run_main(lambda: run(p.parse_args(argv)))

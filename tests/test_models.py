@@ -294,3 +294,42 @@ def test_init_is_adaln_zero_and_write_is_identity():
         h = torch.randn(2, model.windows, model.slots, model.hidden_size)
         lat = torch.randn(2, model.windows, 1, model.hidden_size)
         torch.testing.assert_close(model.write(h, lat), h + model.write.window_pos)
+
+
+def test_convert_command_line_on_a_reference_checkpoint(tmp_path):
+    """A reference-style training checkpoint (ema + pickled argparse.Namespace) -> our checkpoint -> same outputs."""
+    import argparse
+    import subprocess
+    import sys
+
+    from checkpoint import model_from_checkpoint
+    from conftest import ROOT, script_env
+    fx = load_fixture("elit")
+    kw = fx["upstream_kwargs"]
+    args = argparse.Namespace(model="ELIT-SiT-S/2", resolution=8 * kw["input_size"], encoder_depth=kw["encoder_depth"],
+                              dit_decoder_depth=kw["dit_decoder_depth"], group_size=kw["group_size"],
+                              num_classes=kw["num_classes"], qk_norm=False)
+    noise = {k: v + 1.0 for k, v in fx["state_dict"].items()}            # 'model' differs from 'ema'
+    torch.save({"model": noise, "ema": fx["state_dict"], "opt": {}, "args": args, "steps": 7}, tmp_path / "ref.pt")
+    out = subprocess.run([sys.executable, "-m", "models.convert", "--ckpt", str(tmp_path / "ref.pt"),
+                          "--out", str(tmp_path / "ours.pt"), "--set", f"hidden_size={kw['hidden_size']}",
+                          f"depth={kw['depth']}", f"num_heads={kw['num_heads']}"],
+                         cwd=ROOT, capture_output=True, text=True, env=script_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    model = model_from_checkpoint(str(tmp_path / "ours.pt"))            # weights_only load of our format
+    assert model.write_dropped_latents and model.arch["name"] == "ELIT-SiT-S/2"
+    x, t, y = fx["inputs"]["x"], fx["inputs"]["t"], fx["inputs"]["y"]
+    with torch.no_grad():
+        for budget, expected in fx["outputs"].items():
+            assert rel_err(model(x, t, y, budget=budget), expected) < 1e-5
+
+
+def test_reference_loader_allows_only_the_namespace(tmp_path):
+    from models.convert import load_reference_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+    torch.save({"ema": {}, "args": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        load_reference_checkpoint(str(tmp_path / "evil.pt"))
