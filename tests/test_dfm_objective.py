@@ -171,3 +171,30 @@ def test_loss_step_has_no_host_sync(family):
             out = FlowMatchingLoss(weighting="lognormal")(model, x0, y, budget=0.5)
         out.loss.mean().backward()
     assert not log.syncs, log.syncs
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_pyramid_round_trip_is_exact(stages):
+    from models.dfm import recompose
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64) * 3
+    parts = decompose(x, stages)
+    assert [p.shape[-1] for p in parts] == [32 // 2 ** (stages - 1 - s) for s in range(stages)]
+    torch.testing.assert_close(recompose(parts), x, rtol=0, atol=1e-6)
+    low = x
+    for _ in range(stages - 1):                  # bilinear x1/2 (align_corners=False) = the mean of each 2x2 block
+        low = torch.nn.functional.avg_pool2d(low, 2)
+    torch.testing.assert_close(parts[0], low, rtol=0, atol=1e-12)          # stage 0 is the coarsest low-pass
+    assert parts[-1].abs().mean() < x.abs().mean()                           # the finest stage is a residual
+
+
+def test_stage_draws_are_identical_in_two_processes():
+    """Two 'ranks' (separate interpreters, different torch seeds) draw the same stage per step."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, script_env
+    code = ("import sys, torch; sys.path.insert(0, '.'); from loss import DFMLoss; torch.manual_seed(int(sys.argv[1])); "
+            "print([DFMLoss().draw_stage(2, 7, s) for s in range(200)])")
+    outs = [subprocess.run([sys.executable, "-c", code, str(rank)], cwd=ROOT, capture_output=True, text=True,
+                           env=script_env(), timeout=120).stdout for rank in (0, 1)]
+    assert outs[0] == outs[1] and outs[0].count("1") > 0 and outs[0].count("0") > 100
