@@ -38,12 +38,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from atomic import atomic_write
+from atomic import atomic_write, write_json
 from config import InferenceConfig, parse_config, to_dict
 from errors import UserError, run_main, user_errors
 from generate import (autocast_dtype, draw_inputs, fast_model, load_decoder, load_for_sampling, model_evaluations,
                       pick_device,
-                      resolve_sampling, run_sampler, sample_latents, save_json)
+                      resolve_sampling, run_sampler, sample_latents)
 from images import to_uint8
 
 DEFAULT_RESOLUTION = 256        # of the random-init model, when neither --resolution nor --ckpt gives one
@@ -376,7 +376,7 @@ def run(cfg: InferenceConfig) -> dict:
         results["files"].update(grid=os.path.basename(grid), grid_guidance=os.path.basename(gguid),
                                 images=os.path.basename(npz))
     path = os.path.join(cfg.output_dir, "results.json")
-    save_json(results, path)
+    write_json(path, results, indent=2)
 
     print(f"{'budget':>8} {'k':>3} {'GFLOPs':>9} {'rel':>6} {'ms/img':>9} {'rel':>6} {'s/img sample':>13}")
     for r in budget_rows:

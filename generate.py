@@ -412,10 +412,6 @@ def save_png(image: np.ndarray, path: str) -> None:
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"), ".png")
 
 
-def save_json(obj, path: str) -> None:
-    write_json(path, obj, indent=2)
-
-
 def write_npz_from_shards(path: str, shard_paths: list[str], shape: tuple) -> None:
     """Stream uint8 shards into `path` (an uncompressed .npz with arr_0 of `shape`) without holding them all."""
     def write(f):
@@ -619,8 +615,8 @@ def run(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Optional[str]
         if main_proc:
             os.makedirs(batches.shard_dir, exist_ok=True)
             if not os.path.isfile(settings_path):
-                save_json(dict(settings=settings, checkpoint=ck.path, config=to_dict(cfg),
-                               created_by="generate.py"), settings_path)
+                write_json(settings_path, dict(settings=settings, checkpoint=ck.path, config=to_dict(cfg),
+                                              created_by="generate.py"), indent=2)
         env.barrier(device)
         os.makedirs(batches.shard_dir, exist_ok=True)
         mine = list(range(env.rank, batches.count, env.world))

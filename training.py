@@ -151,7 +151,8 @@ class Trainer:
             model.compile_regions()
         self.model = model                                              # the bare model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.ema_params = [p for p in self.ema.parameters()]
+        self.ema_params = list(self.ema.parameters())
+        self.ema_targets = [p.detach() for p in model.parameters()]     # views: follow the in-place updates
         self.fused = self.device.type == "cuda" or hasattr(torch, "_fused_adamw_")
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
@@ -305,7 +306,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        torch._foreach_lerp_(self.ema_params, [p.detach() for p in self.model.parameters()], 1.0 - cfg.ema_decay)
+        torch._foreach_lerp_(self.ema_params, self.ema_targets, 1.0 - cfg.ema_decay)
 
     # ------------------------------------------------------------------------------------------------------
     # Sample grids.
