@@ -66,8 +66,8 @@ class LossOptions:
     repa_depth: int = opt(0, "block (1-indexed) whose tokens the REPA projector reads (0 = no projector)")
     repa_encoder: str = opt("dinov2_vitb14", "REPA target encoder: a torch.hub DINOv2 name")
     repa_encoder_path: Optional[str] = opt(None, "local torch.hub repo folder or weights file for the REPA encoder")
-    elit_min_mask_prob: Optional[float] = opt(None, "ELIT: lowest mask probability (1 - budget) drawn in training (default: max)")
-    elit_max_mask_prob: Optional[float] = opt(None, "ELIT: highest mask probability (default 1 - 1/g^2)")
+    elit_min_mask_prob: Optional[float] = opt(None, "ELIT: lowest mask probability (1 - budget) drawn in training (default: max, a single budget)")
+    elit_max_mask_prob: Optional[float] = opt(None, "ELIT: highest mask probability (default 0 = full budget; 1 - 1/g^2 when only the min is set)")
     dfm_stage_weights: Optional[list[float]] = opt(None, "DFM: probability of each highest-active stage (default 0.9, 0.1)")
     dfm_low_stage_location: float = opt(-2.0, "DFM: logit-normal location of the times of stages below the drawn one")
 

@@ -161,11 +161,17 @@ def _step_rng(kind: str, seed: int, step: int) -> random.Random:
 
 def allowed_budgets(levels: Sequence[float], min_mask_prob: Optional[float] = None,
                     max_mask_prob: Optional[float] = None, tol: float = 1e-6) -> list[float]:
-    """Levels whose mask probability 1 - b lies in [min, max]; max None = 1 - 1/K, min None = max."""
+    """Levels whose mask probability 1 - b lies in [min, max] (SPEC 2.3, the public README's table).
+
+    Neither set: full budget only (max 0). Min set, max not: max = 1 - 1/K (every level down to one latent per
+    window). Max set, min not: the single level at max.
+    """
     levels = list(levels)
     if not levels:
         raise ValueError("no budget levels given")
-    hi = 1.0 - 1.0 / len(levels) if max_mask_prob is None else max_mask_prob
+    if max_mask_prob is None:
+        max_mask_prob = 0.0 if min_mask_prob is None else 1.0 - 1.0 / len(levels)
+    hi = max_mask_prob
     lo = hi if min_mask_prob is None else min_mask_prob
     allowed = [b for b in levels if lo - tol <= 1.0 - b <= hi + tol]
     if not allowed:

@@ -59,6 +59,12 @@ class DFMSiT(SiT):
     """
 
     family = "DFM-SiT"
+    may_leave_parameters_unused = True
+
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        """One (C, H_s, W_s) per stage, coarsest first, as `decompose` makes them."""
+        C, H = self.in_channels, self.input_size
+        return [(C, H >> (self.stages - 1 - s), H >> (self.stages - 1 - s)) for s in range(self.stages)]
 
     def __init__(self, *args, dfm_stages: int = 2, **kwargs):
         if dfm_stages < 1:

@@ -286,6 +286,15 @@ class SiT(nn.Module):
         return x, torch.rand(batch, device=device), torch.randint(0, self.num_classes, (batch,), device=device)
 
     # ------------------------------------------------------------------------------------------------------
+    # What callers ask a model instead of comparing family names.
+    budget_levels: list = []              # ELIT: the valid budget fractions; empty = no compute budgets
+    stages: int = 1                       # DFM: pyramid stages (inputs are a list of `stages` tensors)
+    may_leave_parameters_unused = False   # DDP needs find_unused_parameters (DFM: inactive stages)
+
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        """Per-image shapes of the model's inputs (and of the noise a sampler draws), one per stage."""
+        return [(self.in_channels, self.input_size, self.input_size)]
+
     def check_budget(self, budget) -> None:
         if budget is not None and budget != 1:
             raise ValueError(f"{self.family} has no compute budgets: budget must be None or 1, got {budget}")

@@ -274,8 +274,8 @@ def test_draw_budget_covers_exactly_the_allowed_levels():
     assert set(drawn) == {j / 16 for j in range(4, 9)}                # mask prob in [0.5, 0.75]
     counts = [drawn.count(b) for b in sorted(set(drawn))]
     assert max(counts) / min(counts) < 1.3                            # uniform over the levels
-    assert set(draw_budget(LEVELS, 0.0, None, 0, s) for s in range(2000)) == set(LEVELS)   # max None = 15/16
-    assert {draw_budget(LEVELS, None, None, 0, s) for s in range(100)} == {1 / 16}         # min None = max
+    assert set(draw_budget(LEVELS, 0.0, None, 0, s) for s in range(2000)) == set(LEVELS)   # min only: max = 15/16
+    assert {draw_budget(LEVELS, None, None, 0, s) for s in range(100)} == {1.0}            # neither: full budget
     assert {draw_budget(LEVELS, None, 0.5, 0, s) for s in range(100)} == {0.5}
     assert allowed_budgets([0.25, 0.5, 0.75, 1.0], 0.0, 0.5) == [0.5, 0.75, 1.0]
 
