@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from checkpoint import atomic_save, latest_checkpoint, load_checkpoint
-from config import TrainConfig, model_overrides, save_config, to_dict
+from training.options import TrainConfig, model_overrides
+from utils.cli import save_config, to_dict
 from data import StepBatchSampler, check_model_fits, dataset_info, load_dataset, make_loader, to_model_input
 from errors import UserError, user_errors
 from images import save_grid, to_uint8
