@@ -1,53 +1,22 @@
 """DFM-SiT: Decomposable Flow Matching over a Laplacian pyramid (Haji-Ali et al., 2025, "Improving
 Progressive Generation with Decomposable Flow Matching").
 
-The image is split into S stages, coarsest first: stage 0 is the low-pass image downsampled S-1 times by
-bilinear x1/2 (align_corners=False), stage s > 0 the residual `low_s - up2(low_{s-1})`. Each stage gets its
-own patch embedding (patch sizes chosen so that every stage yields the same token grid), its own timestep
-embedder and its own output head; the transformer trunk is shared. Stage s has its own flow time t[:, s].
+The image is split into S stages, coarsest first, by the Laplacian pyramid of `models/pyramid.py`. Each
+stage gets its own patch embedding (patch sizes chosen so that every stage yields the same token grid), its
+own timestep embedder and its own output head; the transformer trunk is shared. Stage s has its own flow time t[:, s].
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .sit import FinalLayer, PatchEmbed, SiT, TimestepEmbedder, unpatchify
+from .blocks import FinalLayer, PatchEmbed, TimestepEmbedder, unpatchify
+from .pyramid import decompose, recompose, stage_patch_sizes
+from .sit import SiT
 
-
-def down2(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
-
-
-def up2(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-
-
-def decompose(x: torch.Tensor, stages: int) -> list[torch.Tensor]:
-    """Image (B, C, H, W) -> [coarsest low-pass (H / 2^(S-1)), residual, ..., finest residual (H)]."""
-    lows = [x]
-    for _ in range(stages - 1):
-        lows.insert(0, down2(lows[0]))
-    return [lows[0]] + [lows[s] - up2(lows[s - 1]) for s in range(1, stages)]
-
-
-def recompose(xs: list[torch.Tensor]) -> torch.Tensor:
-    """Inverse of `decompose` (exact up to float rounding)."""
-    x = xs[0]
-    for residual in xs[1:]:
-        x = up2(x) + residual
-    return x
-
-
-def stage_patch_sizes(patch_size: int, stages: int) -> list[int]:
-    """Patch size per stage, coarsest first, so that every stage yields the same token grid."""
-    sizes = [patch_size // 2 ** (stages - 1 - s) for s in range(stages)]
-    if patch_size % 2 ** (stages - 1):
-        raise ValueError(
-            f"DFM with {stages} stages needs a patch size divisible by {2 ** (stages - 1)} so that every stage "
-            f"reaches the common token grid; got patch size {patch_size} (use /4 or /8 models for 3 stages)")
-    return sizes
+# decompose / recompose are re-exported: the loss, the samplers and the tests import them from here.
+__all__ = ["DFMSiT", "decompose", "recompose"]
 
 
 class DFMSiT(SiT):
@@ -106,11 +75,7 @@ class DFMSiT(SiT):
                 h = h + embedder(xs[s]).flatten(1, 2)                  # (B, N, D)
             else:                                                      # conv of a zeroed input = its bias
                 h = h + embedder.proj.bias.to(h.dtype)
-        feats = None
-        for i, block in enumerate(self.blocks):
-            h = block(h, c)
-            if return_features and i + 1 == self.repa_depth:
-                feats = self.projector(h)
+        h, feats = self.run_blocks(h, c, 0, self.depth, return_features)
         outs = [unpatchify(head(h, c), self.grid, self.grid, p, self.out_channels)
                 for head, p in zip(self.final_layer, self.stage_patch_sizes)]
         return (outs, feats) if return_features else outs

@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .sit import Mlp, SiT, modulate, sincos_2d
+from .blocks import Mlp, sincos_2d
+from .sit import SiT
 
 
 class RMSNorm(nn.Module):
@@ -259,33 +260,23 @@ class ELITSiT(SiT):
 
     def forward(self, x, t, y, budget=None, return_features: bool = False):
         k = self.latents_per_window(budget)
-        if return_features and self.projector is None:
-            raise ValueError("return_features needs a REPA projector (build the model with repa_depth > 0)")
         G, K, D = self.windows, self.slots, self.hidden_size
-        head, core = self.blocks[:self.head_depth], self.blocks[self.head_depth:self.depth - self.tail_depth]
-        tail = self.blocks[self.depth - self.tail_depth:]
+        core_end = self.depth - self.tail_depth                        # REPA reads a head or tail block (build_io)
         c = self.condition(t, y)                                       # (B, D)
         h = self.embed(x)                                              # (B, N, D), window order
         B = h.shape[0]
-        feats = None
-        for i, block in enumerate(head, start=1):
-            h = block(h, c)
-            if return_features and i == self.repa_depth:
-                feats = self.projector(h)
+        h, feats = self.run_blocks(h, c, 0, self.head_depth, return_features)
         h = h.view(B, G, K, D) + self.read.window_pos.to(h.dtype)       # (B, G, K, D)
         lat = self.read(h, c, K if self.write_dropped_latents else k)  # (B, G, K or k, D)
         z = lat[:, :, :k].reshape(B, G * k, D)                         # (B, G*k, D): the budget
-        for block in core:
-            z = block(z, c)
+        z, _ = self.run_blocks(z, c, self.head_depth, core_end)
         z = z.view(B, G, k, D)
         if self.write_dropped_latents and k < K:
             z = torch.cat([z, lat[:, :, k:]], dim=2)                   # dropped slots carry their Read output
         h = self.write(h, z).view(B, G * K, D)
-        for i, block in enumerate(tail, start=self.depth - self.tail_depth + 1):
-            h = block(h, c)
-            if return_features and i == self.repa_depth:
-                feats = self.projector(h)
+        h, tail_feats = self.run_blocks(h, c, core_end, self.depth, return_features)
         out = self.unpatchify(self.final_layer(h, c))
         if return_features:
+            feats = tail_feats if feats is None else feats
             return out, feats[:, self.raster_index]                    # REPA features in raster order
         return out
