@@ -5,6 +5,9 @@
     build_from_arch(model.arch)
 
 Sizes (depth, width, heads) follow DiT/SiT: S (12, 384, 6), B (12, 768, 12), L (24, 1024, 16), XL (28, 1152, 16).
+
+This module imports only the model classes: `models.checkpoint` (save/load), `models.convert` (reference
+checkpoints), `models.flops` and `models.graphs` import it, never the other way round.
 """
 
 from __future__ import annotations
@@ -79,7 +82,5 @@ def build_from_arch(arch: dict) -> nn.Module:
     return build_model(arch.pop("name"), **arch)
 
 
-from .convert import convert_reference  # noqa: E402  (needs build_model)
-
 __all__ = ["SIZES", "FAMILIES", "MODEL_NAMES", "ELIT_REFERENCE_LAYOUT", "build_model", "build_from_arch",
-           "model_kwargs", "parse_model_name", "convert_reference", "SiT", "ELITSiT", "DFMSiT"]
+           "model_kwargs", "parse_model_name", "SiT", "ELITSiT", "DFMSiT"]

@@ -26,38 +26,63 @@ Command line (a reference checkpoint -> a checkpoint our scripts load):
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from utils.errors import UserError, run_main, user_errors
+
+from . import FAMILIES, SIZES, DFMSiT, ELITSiT, SiT, build_model, parse_model_name
+from .checkpoint import atomic_save
+
 READ = "input_token_editor.adapters.0."
 WRITE = "output_token_editor.adapters.0."
 
-# Reference constructor / argparse names -> ours.
-REFERENCE_NAMES = {
-    "encoder_depth": "elit_head_depth",      # for ELIT the reference ties its REPA depth to the head depth
-    "dit_decoder_depth": "elit_tail_depth",
-    "group_size": "elit_group_size",
-    "num_scales": "dfm_stages",
-}
+# The reference trains on SD-VAE latents: a resolution in pixels is REFERENCE_LATENT_FACTOR x the latent size.
+REFERENCE_LATENT_FACTOR = 8
 OUR_SETTINGS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
                 "num_classes", "qk_norm")
 
 
+@dataclass(frozen=True)
+class FamilyConversion:
+    """What converting one family's reference checkpoints needs beyond the shared SiT settings."""
+
+    reference_names: dict = field(default_factory=dict)  # reference constructor / argparse name -> our setting
+    defaults: dict = field(default_factory=dict)         # settings the reference layout implies, unless given
+    required: tuple = ()                                 # settings the checkpoint's args must give
+    required_hint: str = ""                              # the UserError when one of them is missing
+
+
+# Keyed by model class; a family name finds its entry through the registry: CONVERSIONS[FAMILIES[family]].
+CONVERSIONS = {
+    SiT: FamilyConversion(),
+    ELITSiT: FamilyConversion(
+        # For ELIT the reference ties its REPA depth (encoder_depth) to the head depth.
+        reference_names={"encoder_depth": "elit_head_depth", "dit_decoder_depth": "elit_tail_depth",
+                         "group_size": "elit_group_size"},
+        defaults={"elit_write_dropped_latents": True},     # the reference's Write attends to every slot
+        required=("elit_head_depth", "elit_tail_depth"),
+        required_hint="the checkpoint's args do not give the ELIT head/tail depths (encoder_depth, "
+                      "dit_decoder_depth): pass --set elit_head_depth=N elit_tail_depth=M (the reference's "
+                      "XL layout is 8 and 4)"),
+    DFMSiT: FamilyConversion(reference_names={"num_scales": "dfm_stages"}),
+}
+
+
 def config_from_reference(family: str, ref: dict) -> dict:
     """Reference constructor kwargs (or its training args) -> our model settings."""
+    conversion = CONVERSIONS[FAMILIES[family]]
     cfg = {k: ref[k] for k in OUR_SETTINGS if k in ref}
     if "resolution" in ref:
-        cfg.setdefault("input_size", ref["resolution"] // 8)
-    if family == "ELIT-SiT":
-        for theirs, ours in REFERENCE_NAMES.items():
-            if theirs in ref and ours.startswith("elit_"):
-                cfg[ours] = ref[theirs]
-        cfg.setdefault("elit_write_dropped_latents", True)
-    if family == "DFM-SiT" and "num_scales" in ref:
-        cfg["dfm_stages"] = ref["num_scales"]
+        cfg.setdefault("input_size", ref["resolution"] // REFERENCE_LATENT_FACTOR)
+    cfg.update({ours: ref[theirs] for theirs, ours in conversion.reference_names.items() if theirs in ref})
+    for key, value in conversion.defaults.items():
+        cfg.setdefault(key, value)
     return cfg
 
 
@@ -110,7 +135,6 @@ def reference_state_dict_to_ours(model: nn.Module, state_dict: dict) -> dict:
 
 
 def _pick_name(family: str, cfg: dict) -> str:
-    from . import SIZES
     for size, dims in SIZES.items():
         if all(cfg.get(k) == v for k, v in dims.items()):
             return f"{family}-{size}/{cfg.get('patch_size', 2)}"
@@ -123,13 +147,12 @@ def convert_reference(family: str, state_dict: dict, config: dict, name: str | N
     `name` (e.g. "ELIT-SiT-XL/2") picks the registry size; without it the size is inferred from `config`.
     Returns the model in eval mode; `model.arch` rebuilds it.
     """
-    from . import FAMILIES, build_model
     if family not in FAMILIES:
         raise ValueError(f"unknown family '{family}': choose one of {', '.join(FAMILIES)}")
     cfg = dict(config)
     stage_sizes = cfg.pop("dfm_patch_sizes", None)
-    if family == "ELIT-SiT":
-        cfg.setdefault("elit_write_dropped_latents", True)
+    for key, value in CONVERSIONS[FAMILIES[family]].defaults.items():
+        cfg.setdefault(key, value)
     if any(k.startswith("projectors.") for k in state_dict):
         if "repa_depth" not in cfg:
             raise ValueError("the checkpoint has a REPA projector: pass repa_depth (the reference's encoder_depth)")
@@ -153,10 +176,6 @@ def load_reference_checkpoint(path: str) -> dict:
 
 
 def main(argv=None) -> None:
-    from checkpoint import atomic_save              # script entry point: the library layer above models
-    from errors import UserError, run_main, user_errors
-    from . import parse_model_name
-
     p = argparse.ArgumentParser(description="Convert a public-reference checkpoint into this repository's format.")
     p.add_argument("--ckpt", required=True, help="reference checkpoint (.pt with 'ema'/'model' and 'args')")
     p.add_argument("--out", required=True, help="where to write the converted checkpoint")
@@ -177,16 +196,15 @@ def main(argv=None) -> None:
         family, _, _ = parse_model_name(name)
         cfg = config_from_reference(family, ref_args)
         if args.resolution:
-            cfg["input_size"] = args.resolution // 8
+            cfg["input_size"] = args.resolution // REFERENCE_LATENT_FACTOR
         if "encoder_depth" in ref_args and any(k.startswith("projectors.") for k in ckpt[args.entry]):
             cfg["repa_depth"] = ref_args["encoder_depth"]
         for item in args.set:
             key, _, value = item.partition("=")
             cfg[key] = eval_literal(value)
-        if family == "ELIT-SiT" and not {"elit_head_depth", "elit_tail_depth"} <= set(cfg):
-            raise UserError("the checkpoint's args do not give the ELIT head/tail depths (encoder_depth, "
-                            "dit_decoder_depth): pass --set elit_head_depth=N elit_tail_depth=M (the reference's "
-                            "XL layout is 8 and 4)")
+        conversion = CONVERSIONS[FAMILIES[family]]
+        if not set(conversion.required) <= set(cfg):
+            raise UserError(conversion.required_hint)
         with user_errors():
             model = convert_reference(family, ckpt[args.entry], cfg, name=name)
         sd = model.state_dict()
@@ -199,7 +217,7 @@ def main(argv=None) -> None:
 
 
 def eval_literal(text: str):
-    import ast
+    """A --set value: a Python literal (8, True, 0.5, [2, 4]) or else the plain string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import build_from_arch
+
 
 def forward_flops(model: torch.nn.Module, batch: int = 1, **forward_kwargs) -> int:
     """FLOPs of model(*example_inputs(batch), **forward_kwargs), e.g. budget=0.25 or active=1."""
-    from . import build_from_arch
     with torch.device("meta"):
         meta = build_from_arch(model.arch).requires_grad_(False)
         inputs = meta.example_inputs(batch, device="meta")
@@ -22,4 +23,5 @@ def forward_flops(model: torch.nn.Module, batch: int = 1, **forward_kwargs) -> i
 
 
 def gflops_per_image(model: torch.nn.Module, **forward_kwargs) -> float:
+    """GFLOPs of one image's forward pass."""
     return forward_flops(model, batch=1, **forward_kwargs) / 1e9
