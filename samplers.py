@@ -16,17 +16,23 @@ Outside the interval only the conditional pass runs.
 A `budget_schedule` [(t_threshold, budget), ...] sorted by descending threshold makes the conditional budget
 a function of t: the first pair whose threshold <= t applies (e.g. [(0.7, 0.25), (0.0, 1.0)]: a quarter of the
 latents at high noise); if t is below every threshold, `budget` applies.
+
+`SAMPLERS` (at the bottom) is the one table keyed by family: what each family's sampler reads from the
+options, how its steps are resolved, named and counted, and the call that samples; `sample_model` is its
+simple entry point (the trainer's sample grids).
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from models.dfm import recompose
 from paths import get_path
+from utils.errors import UserError, user_errors
 
 # forward(xs: list of tensors, t, y, budget) -> list of velocities (one per stage; one tensor for SiT/ELIT)
 Forward = Callable[[list, torch.Tensor, torch.Tensor, object], list]
@@ -138,8 +144,8 @@ def sample(model, noise: torch.Tensor, y: torch.Tensor, *, mode: str = "ode", nu
     forward run at the scheduled budget, with cheap CFG / autoguidance the weak pass keeps
     `unconditional_budget`. `autocast_dtype` (e.g. torch.bfloat16) autocasts the model calls only.
     """
-    if getattr(model, "family", None) == "DFM-SiT":
-        raise ValueError("DFM-SiT models sample scale by scale: use sample_dfm")
+    if (getattr(model, "stages", None) or 1) > 1:                    # a list of pyramid stages, not one tensor
+        raise ValueError(f"{model.family} models sample scale by scale: use sample_dfm")
     if mode not in ("ode", "sde"):
         raise ValueError(f"unknown sampler mode '{mode}'; valid: ode, sde")
     if num_steps < 1:
@@ -272,3 +278,129 @@ def sample_dfm(model, noise: Sequence[torch.Tensor], y: torch.Tensor, *, steps_p
         v = guided_velocity(forward, xs, t, y, scales=scales, null_label=model.num_classes)
         xs = [x + (t1 - t0) * vs if t1 != t0 else x for x, vs, t0, t1 in zip(xs, v, t_start, t_end)]
     return recompose(xs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The sampler table: sampling/plan.py resolves a plan's steps through it, sampling/run.py samples through it.
+
+BUDGET_OPTIONS = ("inference_budget", "budget_schedule", "unconditional_inference_budget", "autoguidance")
+DFM_OPTIONS = ("dfm_steps_per_stage", "dfm_stage_thresholds")
+
+
+def _num(x) -> str:
+    """Compact, exact-enough number for folder names: 4.0 -> '4', 0.0625 -> '0.0625'."""
+    return format(float(x), "g")
+
+
+@dataclass(frozen=True)
+class FlowSteps:
+    """The integrator of `sample`: Euler (/ Heun) ODE or Euler-Maruyama SDE of `num_steps` steps."""
+    mode: str
+    num_steps: int
+    heun: bool
+
+    @property
+    def sde_steps(self) -> int:
+        """Gaussian increments per image the SDE draws (0 for the ODE)."""
+        return self.num_steps - 1 if self.mode == "sde" else 0
+
+    def name_parts(self) -> list[str]:
+        return [f"{self.mode}{self.num_steps}" + ("heun" if self.heun else "")]
+
+    def evaluation_times(self) -> list[tuple[float, ...]]:
+        """(t,) of every model evaluation of one sample, in order: n (Euler, SDE) or 2n - 1 (Heun)."""
+        if self.mode == "sde":
+            return [(t,) for t in sde_grid(self.num_steps)[:-1]]
+        grid, times = ode_grid(self.num_steps), []
+        for i, t in enumerate(grid[:-1]):                              # Heun's correction evaluates at t_next
+            times += [(t,), (grid[i + 1],)] if self.heun and i < self.num_steps - 1 else [(t,)]
+        return times
+
+
+@dataclass(frozen=True)
+class DFMSteps:
+    """The DFM sampler's schedule: Euler steps per pyramid stage and the times at which stages stop."""
+    dfm_steps_per_stage: tuple[int, ...]
+    dfm_stage_thresholds: tuple[float, ...]
+    sde_steps = 0                                                      # ODE only (a class constant)
+
+    def name_parts(self) -> list[str]:
+        return ["dfm" + "+".join(str(s) for s in self.dfm_steps_per_stage),
+                "thr" + "+".join(_num(t) for t in self.dfm_stage_thresholds)]
+
+    def evaluation_times(self) -> list[tuple[float, ...]]:
+        """Per model evaluation, the current times of the active stages (coarsest first)."""
+        return [tuple(t0[:active]) for t0, _, active in dfm_schedule(self.dfm_steps_per_stage,
+                                                                     self.dfm_stage_thresholds)]
+
+
+class FlowSampler:
+    """SiT and ELIT-SiT: `sample` on the one noise tensor. `options`: the SamplingOptions fields only this
+    family reads (ELIT: the budgets, resolved by sampling/plan.py against `model.budget_levels`)."""
+
+    def __init__(self, options: Sequence[str] = ()):
+        self.options = tuple(options)
+
+    def resolve(self, model, opts) -> FlowSteps:
+        given = [k for k in DFM_OPTIONS if getattr(opts, k) is not None]
+        if given:
+            name = model.arch["name"] if hasattr(model, "arch") else model.family
+            raise UserError(f"{given[0]} applies to {owner(given[0])} models, not {name}")
+        return FlowSteps(mode=opts.mode, num_steps=int(opts.num_steps), heun=bool(opts.heun))
+
+    def run(self, model, plan, noise: list, labels: torch.Tensor, sde_noise=None, autocast_dtype=None):
+        """`plan` (a sampling.plan.SamplingPlan) on noise [(n, C, H, W)] -> (n, C, H, W) float32."""
+        return sample(model, noise[0], labels, mode=plan.steps.mode, num_steps=plan.steps.num_steps,
+                      heun=plan.steps.heun, cfg_scale=plan.cfg_scale, guidance_low=plan.guidance_low,
+                      guidance_high=plan.guidance_high, path_type=plan.path_type, budget=plan.budget,
+                      unconditional_budget=plan.unconditional_budget, autoguidance=plan.autoguidance,
+                      budget_schedule=plan.budget_schedule, sde_noise=sde_noise, autocast_dtype=autocast_dtype)
+
+    def sample_default(self, model, noise: list, labels, *, num_steps, cfg_scale, budget, path_type, autocast_dtype):
+        return sample(model, noise[0], labels, num_steps=num_steps, cfg_scale=cfg_scale, path_type=path_type,
+                      budget=budget, autocast_dtype=autocast_dtype)
+
+
+class DFMSampler:
+    """DFM-SiT: `sample_dfm` on one noise tensor per stage, with its own Euler schedule."""
+    options = DFM_OPTIONS
+
+    def resolve(self, model, opts) -> DFMSteps:
+        if opts.mode != "ode" or opts.heun:
+            raise UserError(f"{model.family} samples with its own Euler schedule: use mode ode without heun")
+        with user_errors("DFM schedule: "):
+            steps, thresholds = default_dfm_schedule(opts.num_steps, model.stages)
+            steps = list(opts.dfm_steps_per_stage) if opts.dfm_steps_per_stage is not None else steps
+            thresholds = list(opts.dfm_stage_thresholds) if opts.dfm_stage_thresholds is not None else thresholds
+            if len(steps) != model.stages:
+                raise ValueError(f"dfm_steps_per_stage needs one entry per stage ({model.stages}), got {steps}")
+            dfm_schedule(steps, thresholds)
+        return DFMSteps(tuple(int(s) for s in steps), tuple(float(t) for t in thresholds))
+
+    def run(self, model, plan, noise: list, labels: torch.Tensor, sde_noise=None, autocast_dtype=None):
+        return sample_dfm(model, noise, labels, steps_per_stage=list(plan.steps.dfm_steps_per_stage),
+                          thresholds=list(plan.steps.dfm_stage_thresholds), cfg_scale=plan.cfg_scale,
+                          guidance_low=plan.guidance_low, guidance_high=plan.guidance_high,
+                          path_type=plan.path_type, autocast_dtype=autocast_dtype)
+
+    def sample_default(self, model, noise: list, labels, *, num_steps, cfg_scale, budget, path_type, autocast_dtype):
+        model.check_budget(budget)                                     # no compute budgets
+        steps, thresholds = default_dfm_schedule(num_steps, model.stages)
+        return sample_dfm(model, noise, labels, steps_per_stage=steps, thresholds=thresholds, cfg_scale=cfg_scale,
+                          path_type=path_type, autocast_dtype=autocast_dtype)
+
+
+SAMPLERS = {"SiT": FlowSampler(), "ELIT-SiT": FlowSampler(options=BUDGET_OPTIONS), "DFM-SiT": DFMSampler()}
+
+
+def owner(option: str) -> str:
+    """The family whose sampler reads `option` (named in the error when another family is given it)."""
+    return next(family for family, entry in SAMPLERS.items() if option in entry.options)
+
+
+def sample_model(model, noise: list, labels: torch.Tensor, *, num_steps: int, cfg_scale: float = 1.0, budget=None,
+                 path_type: str = "linear", autocast_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The family's default sampler: noise is one (n, *shape) tensor per `model.noise_shapes()` entry; Euler
+    ODE of `num_steps` steps (DFM: `default_dfm_schedule(num_steps)`), CFG over all t -> (n, C, H, W) float32."""
+    return SAMPLERS[model.family].sample_default(model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale,
+                                                 budget=budget, path_type=path_type, autocast_dtype=autocast_dtype)

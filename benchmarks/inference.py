@@ -5,17 +5,16 @@
     python benchmarks/inference.py sampling --model ELIT-SiT-XL/2 --unconditional-budget 0.0625   # cheap CFG
 
 Random-init weights (speed does not depend on them), batch 64, bf16 weights under bf16 autocast, regional
-torch.compile and CUDA-graph replay (`models.graphs.fast_inference`, as generate.py) unless switched off; the VAE is excluded. Every shape
-(budget) is run before timing. Latency: median of CUDA-event timings of `--repeats` forwards; the ideal is
+torch.compile and CUDA-graph replay (`models.graphs.fast_inference`, as generate.py) unless switched off; the
+VAE is excluded. Every shape (budget) is run before timing. Latency: median of `--repeats` forwards, each timed
+between two device synchronisations (`sampling.cost.measure`, as the multibudget script); the ideal is
 FLOPs(b) / FLOPs(1) x latency(1), FLOPs from torch.utils.flop_counter. Prints JSON lines.
 """
 
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,26 +24,16 @@ from models import build_model  # noqa: E402
 from models.flops import forward_flops  # noqa: E402
 from models.graphs import fast_inference  # noqa: E402
 from samplers import sample  # noqa: E402
+from sampling.cost import measure  # noqa: E402
+from sampling.load import SD_VAE_FACTOR  # noqa: E402
 
 
 def prepare(args):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     torch.manual_seed(0)
-    model = build_model(args.model, input_size=args.resolution // 8).cuda()
+    model = build_model(args.model, input_size=args.resolution // SD_VAE_FACTOR).cuda()
     return model, fast_inference(model, compile=args.compile, graphs=args.graphs)
-
-
-def cuda_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def latency(args):
@@ -55,7 +44,7 @@ def latency(args):
         for b in budgets:
             for _ in range(3):
                 fwd(x, t, y, budget=b)
-        ms = {b: cuda_ms(lambda: fwd(x, t, y, budget=b), args.repeats) for b in budgets}
+        ms = {b: 1e3 * measure(lambda: fwd(x, t, y, budget=b), "cuda", args.repeats)[0] for b in budgets}
     f1 = forward_flops(model, 1, budget=1.0)
     for b in budgets:
         ratio = forward_flops(model, 1, budget=b) / f1
@@ -74,14 +63,7 @@ def sampling(args):
     kw = dict(num_steps=args.steps, cfg_scale=args.cfg_scale, unconditional_budget=args.unconditional_budget,
               autocast_dtype=torch.bfloat16)
     sample(fwd, noise, y, **kw)                                        # warm-up: compile, capture
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(args.repeats_sampling):
-        t0 = time.time()
-        sample(fwd, noise, y, **kw)
-        torch.cuda.synchronize()
-        runs.append(time.time() - t0)
-    sec = statistics.median(runs)
+    sec = measure(lambda: sample(fwd, noise, y, **kw), "cuda", args.repeats_sampling)[0]
     print(json.dumps(dict(kind="sampling", model=args.model, batch=args.batch, steps=args.steps, cfg_scale=args.cfg_scale,
                           unconditional_budget=args.unconditional_budget, seconds=round(sec, 3),
                           img_per_s=round(args.batch / sec, 2), graphs=args.graphs, compile=args.compile,

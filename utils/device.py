@@ -1,0 +1,29 @@
+"""The device a script runs on: an explicit request, else this process's GPU (torchrun's LOCAL_RANK), else CPU."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from utils.errors import UserError
+
+
+def pick_device(requested: Optional[str], local_rank: int = 0) -> torch.device:
+    """`requested` ('cuda', 'cuda:1', 'cpu', None); a bare 'cuda' means this process's GPU."""
+    if requested is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device cuda requested but no GPU is visible")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def allow_tf32(device: torch.device) -> None:
+    """On CUDA, fp32 matmuls and convolutions (precision fp32, the VAE) may run on TF32 cores."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
