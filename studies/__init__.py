@@ -1,5 +1,8 @@
 """Studies: experiments that run the repository's own tools end to end and publish what comes out.
 
-    studies/classifier.py     a small Fashion-MNIST CNN, saved as an evaluator feature network (TorchScript)
-    studies/fashion_mnist.py  SiT-S/2 vs multibudget ELIT-SiT-S/2 on Fashion-MNIST: data to report in one command
+    studies/fashion_mnist.py  command: SiT-S/2 vs multibudget ELIT-SiT-S/2 on Fashion-MNIST, data to report
+    studies/classifier.py     command: a small Fashion-MNIST CNN, saved as an evaluator feature network
+    studies/fmnist/           the Fashion-MNIST study and its classifier (options + presets, stages, claims,
+                              report; its __init__ lists the files)
+    studies/options.py        temporary shim (floor-plan renovation): the options live in studies/fmnist/options.py
 """
