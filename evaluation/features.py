@@ -149,6 +149,8 @@ class FeatureNetwork:
     uses_adm_statistics: bool = False
     # whether the logits index the dataset's classes (so classifier accuracy against labels means something)
     class_logits: bool = False
+    # whether its pool features also give precision/recall (so a reference's features are kept, not only mu/sigma)
+    precision_recall: bool = True
     sha256: str = ""
 
     def __init__(self, device):

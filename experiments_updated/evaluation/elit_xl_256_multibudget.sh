@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ELIT-SiT-XL/2, ImageNet 256: one checkpoint evaluated at several inference budgets (no guidance, 50k samples,
-# ADM protocol). Each budget gets its own sample folder and metrics JSON (generate.py names folders by every knob).
+# ADM protocol, + FDD). Each budget gets its own sample folder and metrics JSON (generate.py names folders by every knob).
 #   CKPT=... REF=VIRTUAL_imagenet256_labeled.npz bash experiments_updated/evaluation/elit_xl_256_multibudget.sh
-# Override any eval.sh setting the same way (BUDGETS="1 0.5", NUM_SAMPLES=10000, GEN_CONFIG=..., INCEPTION=...).
+# Override any eval.sh setting the same way (BUDGETS="1 0.5", NUM_SAMPLES=10000, INCEPTION=..., DINOV2=...).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # g = 4 at 256 px: 16 latent slots per window, valid budgets j/16.
