@@ -188,13 +188,15 @@ class _Record(argparse.Action):
 
 
 class _RecordBool(argparse.BooleanOptionalAction):
+    """--flag / --no-flag, every occurrence kept like _Record."""
     def __call__(self, parser, namespace, values, option_string=None):
         value = not option_string.startswith("--no-")
         setattr(namespace, self.dest, getattr(namespace, self.dest, []) + [(option_string, value)])
 
 
 class _Parser(argparse.ArgumentParser):
-    names: tuple = ()
+    """argparse with one-line errors (a near-miss hint for an unknown flag) and negative numbers as values."""
+    names: tuple = ()                                       # every accepted option name, for the hint
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -333,7 +335,7 @@ def parse_config(schema: type, argv=None, description: str = ""):
 # YAML.
 
 class _DuplicateKey(Exception):
-    pass
+    """A mapping key written twice (its message has a {path} placeholder)."""
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -73,7 +73,8 @@ EXPECTATIONS = "_reference_expectations"           # instance attribute set by p
 
 
 def reference_expectations(cfg) -> dict:
-    """The `Expect` values the user gave (name -> value), for the caller to check."""
+    """The `Expect` values the user gave (name -> value), for the caller to check. They live on the instance
+    parse_config returned (not a field: not saved, not in to_dict); a dataclasses.replace copy drops them."""
     return dict(getattr(cfg, EXPECTATIONS, {}))
 
 
