@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from sampling.reference_keys import REFERENCE_KEYS
 from utils.cli import opt
 from utils.errors import UserError
 
@@ -47,6 +48,7 @@ class GenerateConfig(SamplingOptions, OutputOptions):
     per_proc_batch_size: int = opt(32, "images per forward on each process")
     num_classes_sampled: Optional[int] = opt(None, "draw labels from the first N classes (default: all)")
     write_png: bool = opt(True, "write one PNG per image besides the .npz")
+    reference_keys = REFERENCE_KEYS     # the public reference's option names (not a field): sampling/reference_keys.py
 
 
 @dataclass
@@ -63,6 +65,7 @@ class InferenceConfig(SamplingOptions, OutputOptions):
     latency_batch_size: int = opt(64, "batch size of the latency measurement")
     latency_repeats: int = opt(5, "timed forwards per budget (after warm-up)")
     output_dir: str = opt("multibudget", "where results.json, plots and the grid go")
+    reference_keys = REFERENCE_KEYS     # the public reference's option names (not a field): sampling/reference_keys.py
 
 
 def parse_budget_schedule(text: Optional[str]) -> Optional[list[tuple[float, float]]]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from models import FAMILIES, constructor_defaults, parse_model_name
+from training.reference_keys import REFERENCE_KEYS
 from utils.cli import opt
 from utils.errors import UserError
 
@@ -85,6 +86,7 @@ class TrainConfig(ModelOptions, DataOptions, LossOptions, OptimOptions, RunOptio
     """train.py"""
     sample_num_steps: int = opt(50, "Euler steps of the periodic sample grids")
     sample_cfg_scale: float = opt(4.0, "guidance scale of the periodic sample grids")
+    reference_keys = REFERENCE_KEYS     # the public reference's option names (not a field): training/reference_keys.py
 
 
 MODEL_SETTINGS = ("qk_norm", "elit_group_size", "elit_head_depth", "elit_tail_depth", "elit_write_depth",
