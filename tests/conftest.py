@@ -95,3 +95,23 @@ def script_env():
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
     env.pop("ELIT_DEBUG", None)
     return env
+
+
+def later_flags_win(argv) -> list:
+    """A test's base flags followed by overrides, with each flag kept once (its last occurrence).
+
+    The CLI refuses a flag repeated with different values (issue 14), so tests that override a base argument
+    list drop the earlier occurrence here instead of relying on 'last wins'.
+    """
+    groups, order = {}, []
+    for tok in map(str, argv):
+        if tok.startswith("--"):
+            key = tok[2:].replace("-", "_")
+            key = key[3:] if key.startswith("no_") else key
+            if key in groups:
+                order.remove(key)
+            groups[key] = [tok]
+            order.append(key)
+        elif order:
+            groups[order[-1]].append(tok)
+    return [tok for key in order for tok in groups[key]]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, pixel_meta, script_env, tiny_model, write_checkpoint
+from conftest import later_flags_win, ROOT, pixel_meta, script_env, tiny_model, write_checkpoint
 from config import GenerateConfig, parse_config
 from errors import UserError
 import generate
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(*argv, max_batches=None):
-    return generate.run(parse_config(GenerateConfig, list(argv)), max_batches=max_batches)
+    return generate.run(parse_config(GenerateConfig, later_flags_win(argv)), max_batches=max_batches)
 
 
 def load_npz(path):
@@ -325,7 +325,7 @@ def test_errors_are_one_line(ckpts, tmp_path, capsys, argv, message):
     corrupt.write_bytes(b"not a checkpoint")
     argv = [{"MISSING": str(tmp_path / "missing.pt"), "CORRUPT": str(corrupt)}.get(a, a) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
-        generate.main(["--ckpt", ckpts["sit"], "--sample-dir", str(tmp_path / "s"), *argv])
+        generate.main(later_flags_win(["--ckpt", ckpts["sit"], "--sample-dir", str(tmp_path / "s"), *argv]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
@@ -340,7 +340,7 @@ def test_generation_yamls_parse_and_resolve(path):
     name = os.path.basename(path)
     family = {"sit": "SiT", "elit": "ELIT-SiT", "dfm": "DFM-SiT"}.get(name.split("_")[0])
     if family is None:                                       # demo.yaml: every family
-        assert name == "demo.yaml" and cfg.num_samples <= 64 and cfg.num_steps <= 10
+        assert name in ("demo.yaml", "demo_dfm.yaml") and cfg.num_samples <= 64 and cfg.num_steps <= 10
         models = [tiny_model(f) for f in ("SiT", "ELIT-SiT", "DFM-SiT")]
     else:
         assert cfg.num_samples == 50_000                     # the ADM protocol

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, script_env, write_checkpoint
+from conftest import later_flags_win, ROOT, script_env, write_checkpoint
 from config import GenerateConfig, InferenceConfig, parse_config
 from errors import UserError
 import elit_multibudget_inference as mbi
@@ -29,7 +29,7 @@ def elit_ckpt(tmp_path_factory):
 
 
 def infer(*argv):
-    return mbi.run(parse_config(InferenceConfig, list(argv)))
+    return mbi.run(parse_config(InferenceConfig, later_flags_win(argv)))
 
 
 def test_multibudget_results_plots_and_grid(elit_ckpt, tmp_path):

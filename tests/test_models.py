@@ -7,9 +7,8 @@ import torch
 import torch.distributed as dist
 
 from conftest import FIXTURES, OpLog, tiny_model
-from models import (ELIT_REFERENCE_LAYOUT, MODEL_NAMES, build_from_arch, build_model, convert_reference,
-                    parse_model_name)
-from models.convert import config_from_reference
+from models import ELIT_REFERENCE_LAYOUT, MODEL_NAMES, build_from_arch, build_model, parse_model_name
+from models.convert import config_from_reference, convert_reference
 from models.flops import gflops_per_image
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, later_flags_win
 from config import TrainConfig, model_overrides, parse_config
 from data import make_demo_images, write_pixel_dataset
 from errors import UserError
@@ -37,7 +37,7 @@ def tiny_cfg(data, out, *extra, model="ELIT-SiT-S/2", steps=4):
     if model.startswith("ELIT"):
         args += ["--elit-group-size", "2", "--elit-head-depth", "1", "--elit-tail-depth", "1",
                  "--elit-min-mask-prob", "0", "--elit-max-mask-prob", "0.75"]
-    return parse_config(TrainConfig, args + list(extra))
+    return parse_config(TrainConfig, later_flags_win(args + list(extra)))
 
 
 def fit(cfg):
