@@ -1,4 +1,5 @@
-"""Training objectives: flow matching (+ the REPA term), budget and stage draws, and the DFM objective.
+"""Training objectives: flow matching (+ the REPA term), budget and stage draws, the DFM objective, and the one
+table `OBJECTIVES` that picks a model family's objective.
 
 Flow matching (Lipman et al. 2023; SiT, Ma et al. 2024): x_t = alpha(t) x0 + sigma(t) eps on the path of
 `paths.py` (t = 0 data, t = 1 noise); the model regresses the velocity v = alpha' x0 + sigma' eps; the loss
@@ -13,17 +14,21 @@ identical on every rank with no communication, no torch RNG state touched.
 
 REPA (Yu et al. 2025, "Representation Alignment for Generation", Eq. 4): the projector output of an early
 block is aligned with frozen DINOv2 patch features by negative cosine similarity per token, averaged over
-tokens; the training loop adds `proj_coeff * proj.mean()`.
+tokens; the training loop adds `proj_coeff * proj.mean()`. The target encoder lives in `training/repa.py`.
 
 DFM (Haji-Ali et al. 2025, "Improving Progressive Generation with Decomposable Flow Matching"): x0 is split
 into an S-stage Laplacian pyramid (`models.dfm.decompose`); a drawn highest active stage s* gets the run's
 time distribution, coarser stages logit-normal(-2, 1) times (mostly nearly clean), finer stages t = 1 (pure
 noise) and are inactive; the loss sums the per-stage velocity errors over the active stages.
+
+The trainer asks the objective of its model's family, `OBJECTIVES[model.family].from_options(cfg, model)`,
+three questions and compares no family name: are the options valid for this model (`from_options`), what is
+the step's condition (`step_condition(seed, step)`: {}, a budget or a stage), and what are the step's random
+draws for a batch of model inputs of one shape (`draw_step`).
 """
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -31,13 +36,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from errors import UserError
 from models.dfm import decompose
 from paths import get_path
+from utils.errors import UserError, user_errors
 
 WEIGHTINGS = ("uniform", "lognormal")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)   # torchvision / DINOv2 preprocessing
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -115,6 +118,22 @@ class FlowMatchingObjective:
         """y where not dropped, else the null label `model.num_classes` (classifier-free guidance training)."""
         return torch.where(drop, torch.full_like(y, unwrap(model).num_classes), y)
 
+    # What the trainer asks (see the module docstring). `options` are train.py's (training.options): the loss
+    # options and `model`, the registry name the error messages quote.
+    @staticmethod
+    def reject_budget_range(options) -> None:
+        if options.elit_min_mask_prob is not None or options.elit_max_mask_prob is not None:
+            raise UserError(f"elit_min_mask_prob / elit_max_mask_prob apply to ELIT models, not {options.model}")
+
+    @staticmethod
+    def reject_stage_weights(options) -> None:
+        if options.dfm_stage_weights is not None:
+            raise UserError(f"dfm_stage_weights applies to DFM models, not {options.model}")
+
+    def step_condition(self, seed: int, step: int) -> dict:
+        """Keyword arguments of `__call__` shared by the whole step ({} here), a pure function of (seed, step)."""
+        return {}
+
 
 class FlowMatchingLoss(FlowMatchingObjective):
     """Per-sample flow-matching loss for SiT and ELIT-SiT (+ the optional REPA term).
@@ -135,6 +154,17 @@ class FlowMatchingLoss(FlowMatchingObjective):
                      t=self.sample_times(batch, generator, at),
                      drop=self.draw_drop(batch, generator, at))
         return {k: v.to(device) for k, v in draws.items()} if device is not None else draws
+
+    @classmethod
+    def from_options(cls, options, model) -> "FlowMatchingLoss":
+        """The objective of a model without budgets or stages; budget or stage options are an error."""
+        cls.reject_budget_range(options)
+        cls.reject_stage_weights(options)
+        return cls(options.path_type, options.weighting, options.label_dropout)
+
+    def draw_step(self, batch: int, shape: Sequence[int], generator: torch.Generator) -> dict:
+        """Every random tensor of one step for `batch` model inputs of shape `shape` (C, H, W)."""
+        return self.draw(batch, shape, generator=generator)
 
     def __call__(self, model, x0: torch.Tensor, y: torch.Tensor, budget=None, draws: Optional[dict] = None,
                  target_features: Optional[torch.Tensor] = None) -> LossOutput:
@@ -195,6 +225,32 @@ def draw_stage(weights: Sequence[float], seed: int, step: int) -> int:
     return _step_rng("dfm-stage", seed, step).choices(range(len(weights)), weights=weights)[0]
 
 
+class BudgetFlowMatchingLoss(FlowMatchingLoss):
+    """Flow matching for a model with compute budgets (ELIT-SiT): each step trains one drawn budget.
+
+    `levels` are the model's `budget_levels`; the step's budget is uniform over those whose mask probability
+    1 - b lies in [min_mask_prob, max_mask_prob] (`allowed_budgets`: the defaults of the public README's table).
+    """
+
+    def __init__(self, path_type: str = "linear", weighting: str = "uniform", label_dropout: float = 0.1, *,
+                 levels: Sequence[float], min_mask_prob: Optional[float] = None,
+                 max_mask_prob: Optional[float] = None):
+        super().__init__(path_type, weighting, label_dropout)
+        self.levels = list(levels)
+        self.min_mask_prob, self.max_mask_prob = min_mask_prob, max_mask_prob
+
+    @classmethod
+    def from_options(cls, options, model) -> "BudgetFlowMatchingLoss":
+        with user_errors():
+            allowed_budgets(model.budget_levels, options.elit_min_mask_prob, options.elit_max_mask_prob)
+        cls.reject_stage_weights(options)
+        return cls(options.path_type, options.weighting, options.label_dropout, levels=model.budget_levels,
+                   min_mask_prob=options.elit_min_mask_prob, max_mask_prob=options.elit_max_mask_prob)
+
+    def step_condition(self, seed: int, step: int) -> dict:
+        return dict(budget=draw_budget(self.levels, self.min_mask_prob, self.max_mask_prob, seed, step))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # DFM.
 
@@ -211,14 +267,34 @@ class DFMLoss(FlowMatchingObjective):
         out = loss_fn(model, x0, y, stage, draws=draws)                # LossOutput, loss (B,)
 
     `stage_weights` are the probabilities of each highest active stage; (0.9, 0.1) is the default for 2
-    stages, other S need S weights.
+    stages, other S need S weights. `stages` (the model's S) is what `step_condition` and `draw_step` use.
     """
 
     def __init__(self, path_type: str = "linear", weighting: str = "uniform", label_dropout: float = 0.1,
-                 stage_weights: Optional[Sequence[float]] = (0.9, 0.1), low_stage_location: float = -2.0):
+                 stage_weights: Optional[Sequence[float]] = (0.9, 0.1), low_stage_location: float = -2.0,
+                 stages: int = 2):
         super().__init__(path_type, weighting, label_dropout)
         self.stage_weights = None if stage_weights is None else tuple(float(w) for w in stage_weights)
         self.low_stage_location = low_stage_location
+        self.stages = stages
+
+    @classmethod
+    def from_options(cls, options, model) -> "DFMLoss":
+        cls.reject_budget_range(options)
+        objective = cls(options.path_type, options.weighting, options.label_dropout,
+                        stage_weights=options.dfm_stage_weights, low_stage_location=options.dfm_low_stage_location,
+                        stages=model.stages)
+        with user_errors():
+            objective.weights_for(model.stages)
+        return objective
+
+    def step_condition(self, seed: int, step: int) -> dict:
+        """The step's highest active stage, the same on every rank."""
+        return dict(stage=self.draw_stage(self.stages, seed, step))
+
+    def draw_step(self, batch: int, shape: Sequence[int], generator: torch.Generator) -> dict:
+        """The draws of one step: independent noise for each pyramid stage of a (C, H, W) model input."""
+        return self.draw(batch, pyramid_shapes(shape, self.stages), generator=generator)
 
     def weights_for(self, stages: int) -> tuple[float, ...]:
         weights = self.stage_weights or ((0.9, 0.1) if stages == 2 else None)
@@ -272,61 +348,20 @@ class DFMLoss(FlowMatchingObjective):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The REPA target encoder.
+# The one family table of training (`models.FAMILIES` names the families). A new family adds its row here.
 
-DINOV2_REPO = "facebookresearch/dinov2"
-
-
-def _hub_cache_repo() -> str:
-    """Where torch.hub keeps the DINOv2 code once downloaded ($TORCH_HOME/hub/facebookresearch_dinov2_main)."""
-    return os.path.join(torch.hub.get_dir(), DINOV2_REPO.replace("/", "_") + "_main")
+OBJECTIVES = {"SiT": FlowMatchingLoss, "ELIT-SiT": BudgetFlowMatchingLoss, "DFM-SiT": DFMLoss}
 
 
-def load_repa_encoder(name: str = "dinov2_vitb14", path: Optional[str] = None, device="cpu") -> torch.nn.Module:
-    """A frozen DINOv2 encoder (Oquab et al. 2024) for REPA, in eval mode.
+# ----------------------------------------------------------------------------------------------------------
+# Temporary shim (floor-plan renovation): the REPA target encoder moved to training/repa.py. Resolved lazily,
+# on first use, because training/ sits above this module (an import at the top would be a circle).
 
-    path None:      torch.hub's cached repo (no network) or `facebookresearch/dinov2` from GitHub; weights from
-                    the hub checkpoint cache or downloaded.
-    path a folder:  a local torch.hub repo (source='local'), e.g. a clone of facebookresearch/dinov2.
-    path a file:    a state dict for `name`; the architecture comes from the hub repo (cached or GitHub).
-    Failure (offline with nothing cached, a missing file, a mismatched state dict) raises a one-line UserError.
-    """
-    try:
-        if path is not None and os.path.isdir(path):
-            encoder = torch.hub.load(path, name, source="local")
-        elif path is not None:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"no such file or folder: {path}")
-            encoder = _hub_model(name, pretrained=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            encoder.load_state_dict(state, strict=True)
-        else:
-            encoder = _hub_model(name, pretrained=True)
-    except Exception as e:  # network, file and state-dict errors all mean: the user must provide the encoder
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(
-            f"cannot load REPA encoder '{name}' ({type(e).__name__}: {first}); run once online to fill the "
-            f"torch.hub cache ({torch.hub.get_dir()}) or set repa_encoder_path to a local dinov2 hub folder or "
-            f"weights file") from e
-    return encoder.to(device).eval().requires_grad_(False)
+_MOVED_TO_TRAINING_REPA = ("DINOV2_REPO", "IMAGENET_MEAN", "IMAGENET_STD", "encoder_features", "load_repa_encoder")
 
 
-def _hub_model(name: str, pretrained: bool) -> torch.nn.Module:
-    cached = _hub_cache_repo()
-    if os.path.isdir(cached):
-        return torch.hub.load(cached, name, source="local", pretrained=pretrained)
-    return torch.hub.load(DINOV2_REPO, name, pretrained=pretrained, trust_repo=True)
-
-
-@torch.no_grad()
-def encoder_features(encoder: torch.nn.Module, images: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """Images (B, 3, H, W), uint8 in [0, 255] or float in [-1, 1] -> DINOv2 patch tokens (B, N, z).
-
-    As REPA's preprocessing: [0, 1] range, ImageNet mean/std, bicubic resize to `size` (224 gives 16x16 patch
-    tokens for /14 models, matching a 256 px /2 model; REPA uses 448 at 512 px).
-    """
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else (images.float() + 1.0) / 2.0
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    x = F.interpolate((x - mean) / std, size=(size, size), mode="bicubic", align_corners=False)
-    return encoder.forward_features(x)["x_norm_patchtokens"]
+def __getattr__(name: str):
+    if name in _MOVED_TO_TRAINING_REPA:
+        import training.repa  # temporary shim: the lead rewrites these imports and deletes this function
+        return getattr(training.repa, name)
+    raise AttributeError(f"module 'loss' has no attribute '{name}'")

@@ -6,20 +6,21 @@
     python train.py --config experiments_updated/train/demo.yaml          # the CPU demo
 
 Outputs go to OUTPUT_DIR/EXP_NAME: config.yaml, log.txt, checkpoints/NNNNNNN.pt, samples/*.png and the
-tracker's logs. `--resume-step -1` continues the latest checkpoint exactly. See training.py for the loop.
+tracker's logs. `--resume-step -1` continues the latest checkpoint exactly. See training/trainer.py for the loop.
 """
 
 import os
 
-from config import TrainConfig, parse_config
-from errors import run_main
+from training import Trainer
+from training.options import TrainConfig
+from utils.cli import parse_config
+from utils.errors import run_main
 
 
 def main(argv=None) -> None:
     cfg = parse_config(TrainConfig, argv)
     if cfg.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")            # offline machines keep their logs locally
-    from training import Trainer                                   # heavy imports after argument checks
     Trainer(cfg).fit()
 
 

@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from config import TrainConfig, parse_config  # noqa: E402
+from training import Trainer  # noqa: E402
+from training.options import TrainConfig  # noqa: E402
+from utils.cli import parse_config  # noqa: E402
 
 
 def sync():
@@ -49,12 +51,11 @@ def run(args) -> dict:
              "--output-dir", out, "--exp-name", "bench", "--report-to", "none", "--no-progress",
              "--resolution", str(args.resolution), "--num-workers", "0",
              "--compile" if args.compile else "--no-compile"]
-    if args.model.startswith("ELIT"):
-        levels = (args.resolution // 64) ** 2                           # 16 windows: K = g^2
-        flags += ["--elit-min-mask-prob", "0", "--elit-max-mask-prob", str(1 - 1 / levels if args.multibudget else 0.0)]
+    if args.multibudget:                        # every level: mask probabilities 0 .. 1 - 1/K (the default max)
+        flags += ["--elit-min-mask-prob", "0"]
     cfg = parse_config(TrainConfig, flags + args.extra)
-    from training import Trainer
     trainer = Trainer(cfg, dataset=SyntheticLatents(args.resolution))
+    levels = len(trainer.model.budget_levels)
     dev, shape = trainer.device, trainer.meta["latent_shape"]
     g = torch.Generator(device=dev).manual_seed(trainer.rank)
     batches = [[dict(x=torch.randn(trainer.micro, *shape, device=dev, generator=g),
@@ -68,8 +69,7 @@ def run(args) -> dict:
         cond = json.dumps(trainer.step_condition())
         trainer.train_step(batches[trainer.step % 4])
         seen[cond] = seen.get(cond, 0) + 1
-        if trainer.step >= 3 and min(seen.values()) >= 2 and (trainer.family != "ELIT-SiT" or not args.multibudget
-                                                              or len(seen) == levels):
+        if trainer.step >= 3 and min(seen.values()) >= 2 and (not args.multibudget or len(seen) == levels):
             break
     sync()
     warmup = time.time() - t0
@@ -104,7 +104,8 @@ if __name__ == "__main__":
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--batch", type=int, default=64, help="images per GPU per step")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
-    p.add_argument("--multibudget", action="store_true", help="ELIT: draw every budget level (else full budget)")
+    p.add_argument("--multibudget", action="store_true",
+                   help="models with budget levels: draw every level (else the full budget)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--json", help="append the result to this JSON-lines file")
     p.add_argument("extra", nargs="*", help="extra train.py flags after --, e.g. -- --gradient-accumulation-steps 2")

@@ -16,58 +16,39 @@ skips the update when `found_inf` is set (the protocol torch's GradScaler uses),
 and no extra pass over the gradients, and a non-finite gradient never reaches the weights. The first step
 with a non-finite loss is recorded on the device; the run stops at the next log or checkpoint with a message
 naming that step, without writing a checkpoint.
+
+The trainer compares no family name and asks the data kind in one place. The model's family picks its
+objective once (`loss.OBJECTIVES`), which validates the options and draws each step's condition and noise; the
+model says what DDP needs (`may_leave_parameters_unused`) and what the grids draw (`training/grids.py`). Pixels
+vs latents is the "codec seam" (the trainer's `encode` / `decode` and a few lines of `__init__`). Seeds, RNG
+state and the checkpoint's contents are `training/state.py`; the REPA target encoder is `training/repa.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import math
 import os
-import random
 import time
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm import tqdm
 
-from checkpoint import atomic_save, latest_checkpoint, load_checkpoint
-from training.options import TrainConfig, model_overrides
-from utils.cli import save_config, to_dict
+from checkpoint import atomic_save, latest_checkpoint
 from data import StepBatchSampler, check_model_fits, dataset_info, load_dataset, make_loader, to_model_input
-from errors import UserError, user_errors
-from images import save_grid, to_uint8
-from loss import (DFMLoss, FlowMatchingLoss, allowed_budgets, draw_budget, encoder_features, load_repa_encoder,
-                  pyramid_shapes, slice_draws, unwrap)
-from models import build_model, parse_model_name
-from samplers import default_dfm_schedule, sample, sample_dfm
-
-
-def step_seed(seed: int, step: int, micro: int) -> int:
-    """A 63-bit seed for the random draws of (seed, step, micro-batch), the same on every process."""
-    digest = hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def rng_state() -> dict:
-    """Every RNG the process owns, as plain data (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
-                           has_gauss=int(has_gauss), gauss=float(gauss)),
-                python=random.getstate())
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+from images import to_uint8
+from loss import OBJECTIVES, slice_draws
+from models import build_model
+from training.grids import write_sample_grids
+from training.options import TrainConfig, model_overrides
+from training.repa import load_repa_encoder, target_features
+from training.state import checkpoint_state, restore_state, step_seed
+from utils.cli import save_config, to_dict
+from utils.errors import UserError, user_errors
+from vae import load_vae
 
 
 class Trainer:
@@ -75,9 +56,6 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, accelerator=None, dataset=None, model_kwargs: Optional[dict] = None):
         """`model_kwargs` override registry sizes (tests and benchmarks use tiny models; the CLI does not)."""
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         self.cfg = cfg
         on_gpu = torch.cuda.is_available()
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
@@ -91,15 +69,38 @@ class Trainer:
                 raise UserError("no data: pass --data-dir (a folder written by dataset_tools.py)")
             dataset = load_dataset(cfg.data_dir, with_images=cfg.proj_coeff > 0)
         self.dataset, self.meta = dataset, dataset.meta
+        # Codec seam: with `encode`, `load_decoder` and `decode` below, the trainer's only pixels-vs-latents
+        # questions; at the merge dataio's Codec.from_record(self.meta, vae=..., device=...) answers them
+        # (model_settings, check_fits / model_input_size, encode, decode).
         info = dataset_info(self.meta)
         if cfg.resolution is not None:
             expected = cfg.resolution // 8 if self.meta["kind"] == "latents" else cfg.resolution
             check_model_fits(self.meta, expected, info["in_channels"], f"{cfg.model} at resolution {cfg.resolution}")
+        self.posterior_noise = self.meta["kind"] == "latents"          # encode() takes N(0, I) posterior noise
+        self._vae = None
 
+        # REPA target encoder (frozen), fed the training images; its width sets the projector's. Loaded on the
+        # CPU: the model is built before the accelerator (the model tells DDP what it needs), then both move.
+        self.encoder, repa = None, {}
+        if cfg.proj_coeff > 0:
+            if not cfg.repa_depth:
+                raise UserError("proj_coeff > 0 needs repa_depth (the block whose tokens the projector reads)")
+            self.encoder = load_repa_encoder(cfg.repa_encoder, cfg.repa_encoder_path, "cpu")
+            repa = dict(repa_depth=cfg.repa_depth, repa_z_dim=self.encoder.embed_dim)
+        elif cfg.repa_depth:
+            repa = dict(repa_depth=cfg.repa_depth)
+
+        torch.manual_seed(cfg.seed)                                     # identical initial weights everywhere
         with user_errors():
-            self.family = parse_model_name(cfg.model)[0]
-        # DFM: inactive stages' embeddings and heads get no gradient on steps that draw a lower stage.
-        ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if self.family == "DFM-SiT" else []
+            model = build_model(cfg.model, **model_overrides(cfg, **info, **repa), **(model_kwargs or {}))
+        # The family's objective checks its options now; per step it draws the condition (budget, stage) and noise.
+        self.objective = OBJECTIVES[model.family].from_options(cfg, model)
+        self.loss_fn = self.objective                   # the per-micro-batch loss (tests wrap it to watch or poison it)
+
+        # A model that may leave parameters without gradient on a step (DFM: the stages above the drawn one)
+        # needs DDP to look for them.
+        ddp = ([DistributedDataParallelKwargs(find_unused_parameters=True)]
+               if model.may_leave_parameters_unused else [])
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu,
             log_with=None if cfg.report_to == "none" else cfg.report_to,
@@ -113,36 +114,8 @@ class Trainer:
                             f"gradient_accumulation_steps = {per_step}")
         self.micro = cfg.global_batch_size // per_step                  # images per process per micro-batch
         self.global_micro = self.micro * self.world
-
-        # REPA target encoder (frozen), fed the training images; its width sets the projector's.
-        self.encoder, repa = None, {}
-        if cfg.proj_coeff > 0:
-            if not cfg.repa_depth:
-                raise UserError("proj_coeff > 0 needs repa_depth (the block whose tokens the projector reads)")
-            self.encoder = load_repa_encoder(cfg.repa_encoder, cfg.repa_encoder_path, self.device)
-            repa = dict(repa_depth=cfg.repa_depth, repa_z_dim=self.encoder.embed_dim)
-        elif cfg.repa_depth:
-            repa = dict(repa_depth=cfg.repa_depth)
-
-        torch.manual_seed(cfg.seed)                                     # identical initial weights everywhere
-        with user_errors():
-            model = build_model(cfg.model, **model_overrides(cfg, **info, **repa), **(model_kwargs or {}))
-
-        # Budgets (ELIT) and stages (DFM) drawn per step; validate the ranges up front.
-        if self.family == "ELIT-SiT":
-            with user_errors():
-                allowed_budgets(model.budget_levels, cfg.elit_min_mask_prob, cfg.elit_max_mask_prob)
-        elif cfg.elit_min_mask_prob is not None or cfg.elit_max_mask_prob is not None:
-            raise UserError(f"elit_min_mask_prob / elit_max_mask_prob apply to ELIT models, not {cfg.model}")
-        if self.family == "DFM-SiT":
-            self.loss_fn = DFMLoss(cfg.path_type, cfg.weighting, cfg.label_dropout,
-                                   stage_weights=cfg.dfm_stage_weights, low_stage_location=cfg.dfm_low_stage_location)
-            with user_errors():
-                self.loss_fn.weights_for(model.stages)
-        else:
-            if cfg.dfm_stage_weights is not None:
-                raise UserError(f"dfm_stage_weights applies to DFM models, not {cfg.model}")
-            self.loss_fn = FlowMatchingLoss(cfg.path_type, cfg.weighting, cfg.label_dropout)
+        if self.encoder is not None:
+            self.encoder.to(self.device)
 
         # Model, EMA (fp32, eval mode, no grads), optimizer.
         model.to(self.device).train()
@@ -170,7 +143,6 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.exp_dir = os.path.join(cfg.output_dir, cfg.exp_name)
         self.ckpt_dir = os.path.join(self.exp_dir, "checkpoints")
-        self._vae = None
         self.resume()
         sampler = StepBatchSampler(len(dataset), self.micro, self.world, self.rank, seed=cfg.seed,
                                    start_micro_batch=self.step * cfg.gradient_accumulation_steps)
@@ -189,22 +161,8 @@ class Trainer:
         path = existing if cfg.resume_step < 0 else os.path.join(self.ckpt_dir, f"{cfg.resume_step:07d}.pt")
         if path is None:
             raise UserError(f"--resume-step {cfg.resume_step}: no checkpoint in {self.ckpt_dir}")
-        ckpt = load_checkpoint(path)
-        if ckpt["arch"] != self.model.arch:
-            diff = sorted(k for k in set(ckpt["arch"]) | set(self.model.arch)
-                          if ckpt["arch"].get(k) != self.model.arch.get(k))
-            raise UserError(f"{path} holds a different model ({', '.join(diff)} differ) than this config builds")
-        try:
-            self.model.load_state_dict(ckpt["model"], strict=True)
-            self.ema.load_state_dict(ckpt["ema"], strict=True)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise UserError(f"cannot resume from {path}: {str(e).splitlines()[0]}") from None
-        self.step = int(ckpt["step"])
-        if ckpt["data_position"] != self.step * cfg.gradient_accumulation_steps:
-            raise UserError(f"{path} was written with another gradient_accumulation_steps; resume with the same one")
-        set_rng_state(ckpt["rng"])
+        self.step = restore_state(path, self.model, self.ema, self.optimizer, self.scheduler,
+                                  cfg.gradient_accumulation_steps)
         self.log(f"resumed from {path} at step {self.step}")
 
     def save(self) -> str:
@@ -212,10 +170,8 @@ class Trainer:
         self.check_finite()
         path = os.path.join(self.ckpt_dir, f"{self.step:07d}.pt")
         if self.is_main:
-            atomic_save(dict(arch=self.model.arch, model=self.model.state_dict(), ema=self.ema.state_dict(),
-                             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                             step=self.step, data_position=self.step * self.cfg.gradient_accumulation_steps,
-                             rng=rng_state(), config=to_dict(self.cfg), dataset=self.meta), path)
+            atomic_save(checkpoint_state(self.model, self.ema, self.optimizer, self.scheduler, self.step,
+                                         self.cfg.gradient_accumulation_steps, to_dict(self.cfg), self.meta), path)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -233,13 +189,8 @@ class Trainer:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def step_condition(self) -> dict:
-        """The step's budget (ELIT) or highest active stage (DFM): the same on every process."""
-        if self.family == "ELIT-SiT":
-            return dict(budget=draw_budget(self.model.budget_levels, self.cfg.elit_min_mask_prob,
-                                           self.cfg.elit_max_mask_prob, self.cfg.seed, self.step))
-        if self.family == "DFM-SiT":
-            return dict(stage=self.loss_fn.draw_stage(self.model.stages, self.cfg.seed, self.step))
-        return {}
+        """The step's budget (ELIT), highest active stage (DFM) or nothing (SiT): the same on every process."""
+        return self.objective.step_condition(self.cfg.seed, self.step)
 
     def draws(self, shape) -> list[tuple[dict, Optional[torch.Tensor]]]:
         """Per micro-batch, this process's rows of the step's draws (+ the latent posterior noise).
@@ -250,12 +201,8 @@ class Trainer:
         """
         g = self.generator.manual_seed(step_seed(self.cfg.seed, self.step, 0))
         G = self.cfg.global_batch_size
-        if self.family == "DFM-SiT":
-            draws = self.loss_fn.draw(G, pyramid_shapes(shape, self.model.stages), generator=g)
-        else:
-            draws = self.loss_fn.draw(G, shape, generator=g)
-        posterior = (torch.randn(G, *shape, generator=g, device=self.device)
-                     if self.meta["kind"] == "latents" else None)
+        draws = self.objective.draw_step(G, shape, generator=g)
+        posterior = torch.randn(G, *shape, generator=g, device=self.device) if self.posterior_noise else None
         out = []
         for micro in range(self.cfg.gradient_accumulation_steps):
             lo = micro * self.global_micro + self.rank * self.micro
@@ -269,12 +216,8 @@ class Trainer:
         n = len(batches)
         step_draws = self.draws(tuple(batches[0]["x"].shape[1:]))
         for micro, (batch, (draws, posterior)) in enumerate(zip(batches, step_draws)):
-            x = to_model_input(batch, self.meta, posterior)
-            target = None
-            if self.encoder is not None:
-                size = unwrap(self.model).grid * 14                     # DINOv2 /14 patches = the model's token grid
-                images = batch["image"] if "image" in batch else batch["x"].expand(-1, 3, -1, -1)
-                target = encoder_features(self.encoder, images, size=size)
+            x = self.encode(batch, posterior)
+            target = None if self.encoder is None else target_features(self.encoder, batch, self.model.grid)
             sync = self.accelerator.no_sync(self.ddp_model) if micro < n - 1 else contextlib.nullcontext()
             with sync:
                 out = self.loss_fn(self.ddp_model, x, batch["y"], draws=draws, target_features=target, **condition)
@@ -310,45 +253,36 @@ class Trainer:
         torch._foreach_lerp_(self.ema_params, self.ema_targets, 1.0 - cfg.ema_decay)
 
     # ------------------------------------------------------------------------------------------------------
-    # Sample grids.
-    def vae(self):
-        if self._vae is None and self.meta["kind"] == "latents":
-            from vae import load_vae
-            self._vae = load_vae(self.meta["vae"], self.device)
-        return self._vae
+    # Codec seam (continued): model input from a batch, uint8 images from model output.
+    def encode(self, batch: dict, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        return to_model_input(batch, self.meta, noise)
 
-    @torch.no_grad()
+    def load_decoder(self) -> None:
+        """Load the VAE of a latent dataset once (a UserError when it cannot be had, e.g. offline)."""
+        if self._vae is None and self.meta["kind"] == "latents":
+            self._vae = load_vae(self.meta["vae"], self.device)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return to_uint8(x, self.meta, self._vae)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Sample grids.
     def sample_grids(self, n: int = 16) -> list[str]:
-        """EMA samples from fixed noise and labels: full budget, and a low budget for ELIT (main process)."""
+        """EMA samples from fixed noise and labels: full budget, and a low budget for models with budget levels
+        (main process; the others wait)."""
         paths = []
         if self.is_main:
-            C, size = self.model.in_channels, self.model.input_size
-            g = torch.Generator().manual_seed(self.cfg.seed)
-            noise = torch.randn(n, C, size, size, generator=g).to(self.device)
-            y = (torch.arange(n) % self.model.num_classes).to(self.device)
-            dtype = torch.bfloat16 if self.device.type == "cuda" and self.cfg.mixed_precision == "bf16" else None
-            budgets = [None, self.cfg.sample_low_budget] if self.family == "ELIT-SiT" else [None]
             try:
-                vae = self.vae()
+                self.load_decoder()
             except UserError as e:
                 self.log(f"sample grid skipped: {e}")
-                return paths
-            for budget in budgets:
-                if self.family == "DFM-SiT":                            # independent N(0, I) noise per stage
-                    shapes = pyramid_shapes(noise.shape[1:], self.model.stages)
-                    stage_noise = [torch.randn(n, *shape, generator=g).to(self.device) for shape in shapes]
-                    steps, thresholds = default_dfm_schedule(self.cfg.sample_num_steps, self.model.stages)
-                    x = sample_dfm(self.ema, stage_noise, y, steps_per_stage=steps,
-                                   thresholds=thresholds, cfg_scale=self.cfg.sample_cfg_scale,
-                                   path_type=self.cfg.path_type, autocast_dtype=dtype)
-                else:
-                    x = sample(self.ema, noise, y, num_steps=self.cfg.sample_num_steps,
-                               cfg_scale=self.cfg.sample_cfg_scale, path_type=self.cfg.path_type,
-                               budget=budget, autocast_dtype=dtype)
-                name = f"{self.step:07d}" + ("" if budget is None else f"_budget{budget:g}") + ".png"
-                path = os.path.join(self.exp_dir, "samples", name)
-                save_grid(to_uint8(x, self.meta, vae), path)
-                paths.append(path)
+            else:
+                cfg = self.cfg
+                dtype = torch.bfloat16 if self.device.type == "cuda" and cfg.mixed_precision == "bf16" else None
+                paths = write_sample_grids(self.ema, os.path.join(self.exp_dir, "samples"), self.step, self.decode,
+                                           seed=cfg.seed, low_budget=cfg.sample_low_budget, device=self.device,
+                                           n=n, num_steps=cfg.sample_num_steps, cfg_scale=cfg.sample_cfg_scale,
+                                           path_type=cfg.path_type, autocast_dtype=dtype)
         self.accelerator.wait_for_everyone()
         return paths
 
@@ -361,7 +295,6 @@ class Trainer:
 
     def fit(self) -> None:
         """Train to max_train_steps: log, checkpoint and sample on schedule; final checkpoint and grid."""
-        from tqdm import tqdm
         cfg, acc = self.cfg, self.accelerator
         if self.is_main:
             save_config(cfg, os.path.join(self.exp_dir, "config.yaml"))
