@@ -351,17 +351,3 @@ class DFMLoss(FlowMatchingObjective):
 # The one family table of training (`models.FAMILIES` names the families). A new family adds its row here.
 
 OBJECTIVES = {"SiT": FlowMatchingLoss, "ELIT-SiT": BudgetFlowMatchingLoss, "DFM-SiT": DFMLoss}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Temporary shim (floor-plan renovation): the REPA target encoder moved to training/repa.py. Resolved lazily,
-# on first use, because training/ sits above this module (an import at the top would be a circle).
-
-_MOVED_TO_TRAINING_REPA = ("DINOV2_REPO", "IMAGENET_MEAN", "IMAGENET_STD", "encoder_features", "load_repa_encoder")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_TRAINING_REPA:
-        import training.repa  # temporary shim: the lead rewrites these imports and deletes this function
-        return getattr(training.repa, name)
-    raise AttributeError(f"module 'loss' has no attribute '{name}'")
