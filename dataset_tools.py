@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import sys
 
-from dataio._shims import forward_writes                                 # temporary shim (see the end)
 from dataio.options import ConvertConfig, DemoConfig, EncodeConfig, FashionMnistConfig
-from dataio.sources import encode as encode_source                          # temporary shim (see the end)
 from dataio.sources.demo import demo
-from dataio.sources.encode import PROGRESS_EVERY_S, encode  # noqa: F401  (PROGRESS_EVERY_S: temporary shim)
+from dataio.sources.encode import encode
 from dataio.sources.fashion_mnist import fashion_mnist
-from dataio.sources.imagenet import (IMAGE_EXTENSIONS, IMAGES_PER_FOLDER, TRANSFORMS,  # noqa: F401  (shim)
-                                     ImageSource, convert, parse_resolution)
+from dataio.sources.imagenet import convert
 from utils.cli import parse_config
 from utils.errors import UserError, run_main
 
@@ -41,11 +38,6 @@ def main(argv=None) -> None:
     schema, fn = COMMANDS[command]
     fn(parse_config(schema, argv[1:], description=f"dataset_tools.py {command}: {schema.__doc__}"))
 
-
-# Temporary shim (floor-plan renovation): the old public names of this script stay importable from here
-# (PROGRESS_EVERY_S, TRANSFORMS, ImageSource, ..., convert/encode/demo/fashion_mnist), and writes to them
-# (tests monkeypatching dataset_tools.PROGRESS_EVERY_S) reach dataio.sources.encode. The lead removes this.
-forward_writes(__name__, encode_source)
 
 if __name__ == "__main__":
     run_main(main)

@@ -24,18 +24,10 @@ The last line on stdout is the .npz. On CUDA, matmuls may use TF32 and the model
 from __future__ import annotations
 
 import sys
-from typing import Optional
-
-import numpy as np
-import torch
 
 from sampling.distributed import dist_env
-from sampling.load import Decoder, load_for_sampling
 from sampling.options import GenerateConfig
-from sampling.plan import SamplingPlan, resolve_plan
-from sampling.run import SETTINGS_FILE, draw_inputs, run_generation
-from sampling.run import sample_latents as _sample_latents
-from sampling.shards import SHARD_DIR
+from sampling.run import run_generation
 from utils.cli import parse_config
 from utils.errors import UserError, run_main
 
@@ -50,37 +42,6 @@ def main(argv=None) -> None:
                 sys.exit(2)
             raise
     run_main(body)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Temporary shim (floor-plan renovation): the names that studies/fashion_mnist.py and tests import from this
-# script, with their old signatures (plans as dicts). The lead removes this block and points those imports
-# at sampling/ (plan.resolve_plan, run.sample_latents / run.generate_images, load.load_for_sampling).
-
-run = run_generation
-__all__ = ["SETTINGS_FILE", "SHARD_DIR", "draw_inputs", "load_for_sampling", "run", "resolve_sampling",
-           "sample_latents", "generate_images", "main"]
-
-
-def resolve_sampling(model, cfg, device=None, path_type: str = "linear", warn=None) -> dict:
-    return resolve_plan(model, cfg, device, path_type, warn).to_dict()
-
-
-def _plan(model, cfg, device, path_type: str, plan) -> SamplingPlan:
-    if plan is None:
-        return resolve_plan(model, cfg, device, path_type)
-    return plan if isinstance(plan, SamplingPlan) else SamplingPlan.from_dict(plan)
-
-
-def sample_latents(model, indices, cfg, device, *, path_type: str = "linear", labels=None, plan=None) -> torch.Tensor:
-    return _sample_latents(model, _plan(model, cfg, device, path_type, plan), indices, seed=cfg.seed,
-                           num_classes=getattr(cfg, "num_classes_sampled", None), labels=labels, device=device)
-
-
-def generate_images(model, indices, cfg, device, dataset_meta: Optional[dict] = None, vae=None, *,
-                    path_type: str = "linear", labels=None, plan=None, vae_batch_size=None) -> np.ndarray:
-    x = sample_latents(model, indices, cfg, device, path_type=path_type, labels=labels, plan=plan)
-    return Decoder(dataset_meta, vae=vae)(x, vae_batch_size or len(indices))
 
 
 if __name__ == "__main__":

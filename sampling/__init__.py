@@ -2,7 +2,7 @@
 
     options.py      the schemas (GenerateConfig, InferenceConfig)
     plan.py         SamplingPlan / GenerationPlan: typed, frozen; folder names, resume settings, evaluations
-    load.py         checkpoint -> model + identity; Decoder (samples -> uint8; the seam for the dataio codec)
+    load.py         checkpoint -> model + identity; Decoder (samples -> uint8 through the checkpoint record's dataio codec)
     run.py          per-image seeded inputs, the generate_images iterator, generate.py's resumable driver
     shards.py       batches, PNG / .npy shards, the streamed .npz
     distributed.py  torchrun environment, process group, barriers

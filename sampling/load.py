@@ -1,12 +1,10 @@
 """A checkpoint -> the model to sample, its identity for folder names, and the decoding of its samples.
 
 The model (architecture and weights) comes from the checkpoint alone; so does the decoding: the training
-dataset's metadata stored in the checkpoint says pixels in [-1, 1] or VAE latents (with their VAE and
-normalisation). A checkpoint without it (converted from the reference) is an SD-VAE latent model decoded
-with `--vae` and that VAE's own scaling factor.
-
-`Decoder` (with `image_resolution` and the SD-VAE constants below it) is the only code in sampling/ that
-asks "pixels or latents": the seam where the dataio codec takes over.
+dataset's record stored in the checkpoint builds the codec (`dataio/codec.py`: pixels in [-1, 1] or VAE
+latents with their VAE and normalisation). A checkpoint without one (converted from the reference) gets the
+explicit SD-VAE record (`checkpoint_record`), decoded with `--vae` and that VAE's own scaling factor.
+Nothing in sampling/ asks "pixels or latents": `Decoder` asks the codec.
 """
 
 from __future__ import annotations
@@ -21,18 +19,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from data import check_model_fits
-from images import to_uint8
+from dataio.codec import Codec, checkpoint_record
+from models.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.errors import UserError, user_errors
-from vae import DEFAULT_VAE, load_vae
 
 
 @dataclass
 class SamplingCheckpoint:
     """A model rebuilt from a checkpoint plus what sampling and decoding need from the checkpoint."""
     model: torch.nn.Module
-    dataset_meta: Optional[dict]        # the training dataset's dataset.json; None: an SD-VAE latent model
+    dataset_meta: dict                  # the training dataset's record (a converted checkpoint: the SD-VAE one)
     path_type: str                      # interpolation path of training (matters for the SDE's score)
     step: int
     label: str                          # a readable name for output folders
@@ -74,11 +70,9 @@ def load_for_sampling(path: str, weights: str = "ema", device="cpu") -> Sampling
         except RuntimeError as e:                         # strict load_state_dict: missing/unexpected/mis-shaped
             raise UserError(f"{path}: its '{weights}' weights do not fit its architecture "
                             f"({str(e).strip().splitlines()[0] if str(e).strip() else 'load_state_dict failed'})")
-    meta = ckpt.get("dataset")
-    if meta is not None:
-        if not isinstance(meta, dict) or meta.get("kind") not in ("latents", "pixels"):
-            raise UserError(f"{path}: its dataset metadata is not of a latent or pixel dataset")
-        check_model_fits(meta, model.input_size, model.in_channels, model.arch["name"])
+    meta = checkpoint_record(ckpt.get("dataset"), model)
+    with user_errors(f"{path}: "):
+        Codec.from_record(meta).check_fits(model.input_size, model.in_channels, model.arch["name"])
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     fingerprint = weights_fingerprint(ckpt[weights], ckpt["arch"])
     step = ckpt.get("step", 0)
@@ -89,68 +83,47 @@ def load_for_sampling(path: str, weights: str = "ema", device="cpu") -> Sampling
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Decoding (the seam for the dataio codec).
-
-def _vae_source(dataset_meta: Optional[dict], override: Optional[str]) -> Optional[str]:
-    """The VAE that decodes this model's samples: None for pixel models, else `override` or the dataset's
-    (a checkpoint without dataset metadata: the SD VAE); a local folder as an absolute path."""
-    if dataset_meta is not None and dataset_meta["kind"] == "pixels":
-        return None
-    if override:
-        source = override
-    elif dataset_meta is not None and dataset_meta.get("vae"):
-        source = dataset_meta["vae"]
-    else:
-        source = DEFAULT_VAE
-    local = os.path.expanduser(source)
-    return os.path.abspath(local) if os.path.isdir(local) else source
-
+# Decoding: the codec of the checkpoint's record, with the user's `--vae` override.
 
 class Decoder:
     """Model samples (n, C, h, w) -> uint8 images (n, H, W, 3), rounded; grey replicated to RGB.
 
-    Pixel models are rescaled from [-1, 1]; latent models decoded by their VAE (`override`, else the
-    dataset's, else the SD VAE) with the dataset's normalisation (converted checkpoints: the VAE's own).
-    Nothing is loaded until `load` (a run that finds its .npz complete needs no VAE).
+    The codec of `dataset_meta` (a checkpoint's record; None: the SD-VAE record of the model given to
+    `load`) decodes: pixel models are rescaled from [-1, 1], latent models decoded by their VAE (`override`,
+    else the record's) with the record's normalisation (the SD-VAE record: the VAE's own). Nothing is loaded
+    until `load` (a run that finds its .npz complete needs no VAE).
     """
 
     def __init__(self, dataset_meta: Optional[dict], override: Optional[str] = None, vae=None):
-        self.meta = dataset_meta
-        self.source = _vae_source(dataset_meta, override)
-        own = _vae_source(dataset_meta, None)
+        self.meta, self.override, self.vae = dataset_meta, override or None, vae
+        self.codec = None
+        if dataset_meta is not None:
+            self.codec = self._codec(dataset_meta)
+
+    def _codec(self, record: dict) -> Codec:
+        codec = Codec.from_record(record, vae=self.vae if self.vae is not None else self.override)
+        own = Codec.from_record(record).vae_source
+        self.source = codec.vae_source
         self.tag = os.path.basename(os.path.normpath(self.source)) if self.source != own else None
-        self.ignores_override = bool(override) and dataset_meta is not None and dataset_meta["kind"] == "pixels"
-        self.vae = vae
+        self.ignores_override = bool(self.override) and own is None
+        return codec
 
     def record(self) -> dict:
         """What the images depend on besides the model's samples (saved beside them, compared on resume)."""
-        meta = self.meta
-        return dict(output=meta["kind"] if meta else "latents", vae=self.source,
-                    latent_scale=meta.get("latent_scale") if meta else None,
-                    latent_shift=meta.get("latent_shift") if meta else None)
+        return dict(self.codec.output_settings(), vae=self.source)
 
     def load(self, model, device) -> "Decoder":
-        """Load the VAE (fp32, eval) of a latent model; UserError if it is missing or does not fit `model`."""
-        if self.source is not None and self.vae is None:
-            vae = load_vae(self.source, device)
-            channels = getattr(vae.config, "latent_channels", None)
-            if channels != model.in_channels:
-                raise UserError(f"VAE {self.source} has {channels} latent channels but the model has "
-                                f"{model.in_channels}")
-            self.vae = vae
+        """Load the decoder of `model`'s samples now; UserError if it is missing or does not fit `model`."""
+        if self.codec is None:
+            self.codec = self._codec(checkpoint_record(None, model))
+        self.codec.device = device
+        self.codec.load_vae()
         return self
 
     def __call__(self, x: torch.Tensor, batch_size: Optional[int] = None) -> np.ndarray:
-        return to_uint8(x, self.meta, self.vae, batch_size or len(x)).cpu().numpy()
-
-
-SD_VAE_FACTOR, SD_VAE_CHANNELS = 8, 4     # SD-VAE latents (converted and random-init models): 1/8 the side, 4 channels
+        return self.codec.decode(x, batch_size or len(x)).cpu().numpy()
 
 
 def image_resolution(model, dataset_meta: Optional[dict]) -> int:
     """The side in pixels of the images a model's samples decode to."""
-    if dataset_meta is None:
-        return model.input_size * SD_VAE_FACTOR
-    if dataset_meta["kind"] == "pixels":
-        return int(dataset_meta["resolution"][0])
-    return int(dataset_meta["image_resolution"][0])
+    return Codec.from_record(checkpoint_record(dataset_meta, model)).image_resolution

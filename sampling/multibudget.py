@@ -31,11 +31,12 @@ import sys
 import numpy as np
 import torch
 
+from dataio.codec import sd_vae_record
 from models import build_model, parse_model_name
 from models.flops import gflops_per_image
 from samplers import FlowSteps, owner
 from sampling.cost import guided_step_fn, measure, sample_gflops, step_gflops
-from sampling.load import SD_VAE_CHANNELS, SD_VAE_FACTOR, Decoder, image_resolution, load_for_sampling
+from sampling.load import Decoder, image_resolution, load_for_sampling
 from sampling.options import InferenceConfig
 from sampling.plan import Budgets, resolve_plan
 from sampling.run import draw_inputs, prepare_model, run_sampler, sample_latents
@@ -83,10 +84,9 @@ def load_model(cfg: InferenceConfig, device):
             if not build_model(cfg.model).budget_levels:
                 raise _needs_budgets(cfg.model)
         res = cfg.resolution or DEFAULT_RESOLUTION
-        if res % SD_VAE_FACTOR:
-            raise UserError(f"--resolution must be a multiple of {SD_VAE_FACTOR} (SD-VAE latents), got {res}")
+        channels, size, _ = sd_vae_record(res)["latent_shape"]          # a random-init model on SD-VAE latents
         with user_errors(f"cannot build {cfg.model} at {res} px: "):
-            model = build_model(cfg.model, input_size=res // SD_VAE_FACTOR, in_channels=SD_VAE_CHANNELS)
+            model = build_model(cfg.model, input_size=size, in_channels=channels)
         model = model.to(device).eval().requires_grad_(False)
         ck = None
     if not model.budget_levels:

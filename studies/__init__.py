@@ -4,5 +4,4 @@
     studies/classifier.py     command: a small Fashion-MNIST CNN, saved as an evaluator feature network
     studies/fmnist/           the Fashion-MNIST study and its classifier (options + presets, stages, claims,
                               report; its __init__ lists the files)
-    studies/options.py        temporary shim (floor-plan renovation): the options live in studies/fmnist/options.py
 """

@@ -9,8 +9,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
-from checkpoint import atomic_save  # noqa: E402
+from models.checkpoint import atomic_save  # noqa: E402
 from models import build_model  # noqa: E402
+from sampling import run as sampling_run  # noqa: E402
+from sampling.load import Decoder  # noqa: E402
+from sampling.plan import resolve_plan  # noqa: E402
 
 # Tiny settings: every family at a few thousand parameters, 8x8 inputs (4x4 token grid).
 TINY = dict(input_size=8, in_channels=4, hidden_size=32, depth=4, num_heads=2, num_classes=10)
@@ -28,6 +31,27 @@ def tiny_model(family: str = "SiT", patch: int = 2, seed: int = 0, randomize: bo
             for p in model.parameters():
                 p.copy_(torch.randn_like(p) * 0.2)
     return model.eval()
+
+
+# Sampling through the library, as generate.py does it (plan -> per-image seeded samples -> decoded uint8).
+def plan_dict(model, cfg, warn=None) -> dict:
+    """The model's sampling plan for the options `cfg`, as generation.json records it."""
+    return resolve_plan(model, cfg, None, "linear", warn).to_dict()
+
+
+def sample_latents(model, indices, cfg, device="cpu", labels=None):
+    """Samples (model space) of images `indices` under cfg's plan, seeds cfg.seed + i."""
+    return sampling_run.sample_latents(model, resolve_plan(model, cfg, device), indices, seed=cfg.seed,
+                                       num_classes=cfg.num_classes_sampled, labels=labels, device=device)
+
+
+def generate_images(model, indices, cfg, device, dataset_meta, labels=None):
+    """uint8 images (n, H, W, 3) of images `indices`, decoded by the checkpoint's codec."""
+    decode = Decoder(dataset_meta).load(model, device)
+    (images,) = sampling_run.generate_images(model, resolve_plan(model, cfg, device), [list(indices)],
+                                             seed=cfg.seed, decode=decode, num_classes=cfg.num_classes_sampled,
+                                             labels=labels, device=device)
+    return images
 
 
 def require_cuda():

@@ -13,12 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import dataset_tools
-import vae as vae_lib
 from conftest import ROOT
-from data import StepBatchSampler, check_model_fits, dataset_info, load_dataset, make_loader, to_model_input
-from errors import UserError
+from dataio import vae as vae_lib
+from dataio.codec import Codec, decode_latents
+from dataio.dataset import load_dataset
+from dataio.loader import StepBatchSampler, make_loader
+from dataio.sources import encode as encode_source
+from dataio.sources.demo import make_demo_images
+from dataio.sources.imagenet import TRANSFORMS
+from utils.errors import UserError
 
 
 def cli(*commands):
@@ -42,9 +46,9 @@ def assert_one_line_error(rc, stderr, *words):
 # Demo data.
 
 def test_demo_images_are_deterministic_and_balanced():
-    a, la, names = data.make_demo_images(53, 16, seed=3)
-    b, lb, _ = data.make_demo_images(53, 16, seed=3)
-    c, _, _ = data.make_demo_images(53, 16, seed=4)
+    a, la, names = make_demo_images(53, 16, seed=3)
+    b, lb, _ = make_demo_images(53, 16, seed=3)
+    c, _, _ = make_demo_images(53, 16, seed=4)
     assert a.shape == (53, 16, 16, 3) and a.dtype == np.uint8 and la.dtype == np.int64
     assert a.tobytes() == b.tobytes() and np.array_equal(la, lb)
     assert a.tobytes() != c.tobytes()
@@ -54,7 +58,7 @@ def test_demo_images_are_deterministic_and_balanced():
 
 def test_demo_classes_are_visually_distinct():
     """A nearest-class-mean classifier on colour quantiles (position-invariant) must beat chance by far."""
-    images, labels, _ = data.make_demo_images(1200, 32, seed=1)
+    images, labels, _ = make_demo_images(1200, 32, seed=1)
     x = images.reshape(len(images), -1, 3).astype(np.float32)
     feats = np.concatenate([np.quantile(x, q, axis=1) for q in (0.5, 0.8, 0.9, 0.97)], 1)
     tr, te = slice(0, 1000), slice(1000, None)
@@ -71,7 +75,7 @@ def test_demo_command_writes_identical_pixel_datasets(tmp_path):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
     ds = load_dataset(str(tmp_path / "a"))
     assert ds.meta["kind"] == "pixels" and len(ds) == 40 and ds.meta["num_classes"] == 10
-    assert dataset_info(ds.meta) == dict(input_size=16, in_channels=3, num_classes=10)
+    assert Codec.from_record(ds.meta).model_settings() == dict(input_size=16, in_channels=3, num_classes=10)
     item = ds[3]
     raw = np.load(tmp_path / "a" / "images.npy")[3]
     assert item["x"].shape == (3, 16, 16) and item["x"].dtype == torch.float32 and "std" not in item
@@ -159,12 +163,12 @@ def test_convert_transforms_match_their_definitions(tmp_path):
     # ADM: 300x200 -> box 150x100 -> 75x50 -> 37x25 (25 < 2*16) -> bicubic 24x16 -> centre 16x16.
     ref = img.resize((150, 100), Image.BOX).resize((75, 50), Image.BOX).resize((37, 25), Image.BOX)
     ref = np.asarray(ref.resize((24, 16), Image.BICUBIC))[:, 4:20]
-    assert np.array_equal(dataset_tools.TRANSFORMS["center-crop-dhariwal"](img, 16, 16), ref)
+    assert np.array_equal(TRANSFORMS["center-crop-dhariwal"](img, 16, 16), ref)
     # Centre crop: the central 200x200 square, Lanczos to 16x16.
     ref = np.asarray(img.crop((50, 0, 250, 200)).resize((16, 16), Image.LANCZOS))
-    assert np.array_equal(dataset_tools.TRANSFORMS["center-crop"](img, 16, 16), ref)
+    assert np.array_equal(TRANSFORMS["center-crop"](img, 16, 16), ref)
     # Wide: full width at 16 -> 16x11, letterboxed into rows 2..12 of a black 16x16.
-    out = dataset_tools.TRANSFORMS["center-crop-wide"](img, 16, 16)
+    out = TRANSFORMS["center-crop-wide"](img, 16, 16)
     assert out.shape == (16, 16, 3) and not out[:2].any() and not out[13:].any()
     assert np.array_equal(out[2:13], np.asarray(img.resize((16, 11), Image.LANCZOS)))
 
@@ -249,22 +253,22 @@ def test_encode_metadata_and_arrays(latents, images32, tiny_vae_dir):
 
 def test_loaded_latents_and_model_input(latents):
     ds = load_dataset(str(latents))
-    assert dataset_info(ds.meta) == dict(input_size=16, in_channels=4, num_classes=3)
+    assert Codec.from_record(ds.meta).model_settings() == dict(input_size=16, in_channels=4, num_classes=3)
     batch = next(iter(make_loader(ds, StepBatchSampler(len(ds), 5, seed=1))))
     assert batch["x"].shape == batch["std"].shape == (5, 4, 16, 16) and batch["x"].dtype == torch.float32
     assert batch["y"].shape == (5,) and batch["y"].dtype == torch.int64
     noise = torch.randn_like(batch["x"])
-    assert torch.allclose(to_model_input(batch, ds.meta), (batch["x"] - SHIFT) * SCALE)
-    sample = to_model_input(batch, ds.meta, noise)
+    assert torch.allclose(Codec.from_record(ds.meta).encode(batch), (batch["x"] - SHIFT) * SCALE)
+    sample = Codec.from_record(ds.meta).encode(batch, noise)
     assert torch.allclose(sample, (batch["x"] + batch["std"] * noise - SHIFT) * SCALE)
-    assert not torch.allclose(sample, to_model_input(batch, ds.meta))
+    assert not torch.allclose(sample, Codec.from_record(ds.meta).encode(batch))
 
 
 def test_decode_latents_rounds_to_uint8(latents, tiny_vae_dir):
     model = vae_lib.load_vae(tiny_vae_dir)
     assert vae_lib.latent_norm(model) == (SCALE, SHIFT)
     x = (torch.from_numpy(np.load(latents / "mean.npy"))[:5] - SHIFT) * SCALE
-    out = vae_lib.decode_latents(model, x, SCALE, SHIFT, batch_size=2)
+    out = decode_latents(model, x, SCALE, SHIFT, batch_size=2)
     assert out.shape == (5, 32, 32, 3) and out.dtype == torch.uint8
     with torch.no_grad():
         ref = model.decode(x / SCALE + SHIFT).sample
@@ -293,7 +297,7 @@ def test_interrupted_encode_is_never_complete_and_resumes(latents, images32, tin
             raise KeyboardInterrupt                       # killed mid-run, after two batches
         return real(*a, **k)
 
-    monkeypatch.setattr(dataset_tools, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(encode_source, "PROGRESS_EVERY_S", 0.0)
     monkeypatch.setattr(vae_lib, "encode_images", failing)
     with pytest.raises(KeyboardInterrupt):
         dataset_tools.main(encode_args(images32, dest, tiny_vae_dir))
@@ -355,7 +359,7 @@ def test_fashion_mnist_import(fmnist_dir, tmp_path):
     assert images.shape == (7, 32, 32, 1) and ds.meta["channels"] == 1 and ds.meta["class_names"][0] == "T-shirt/top"
     assert np.array_equal(images[:, 2:30, 2:30, 0], arrays["train"][0]) and images[:, :2].max() == 0
     assert np.array_equal(np.load(tmp_path / "out" / "train" / "labels.npy"), arrays["train"][1])
-    assert dataset_info(ds.meta) == dict(input_size=32, in_channels=1, num_classes=10)
+    assert Codec.from_record(ds.meta).model_settings() == dict(input_size=32, in_channels=1, num_classes=10)
     dataset_tools.main(["fashion-mnist", "--source", str(src), "--dest", str(tmp_path / "out"), "--split", "test",
                         "--channels", "3", "--resolution", "16"])
     test = np.load(tmp_path / "out" / "test" / "images.npy")
@@ -458,13 +462,13 @@ def test_load_dataset_errors(tmp_path, latents):
 
 def test_check_model_fits_names_both_sizes(latents):
     meta = load_dataset(str(latents)).meta
-    check_model_fits(meta, 16, 4, "SiT-S/2")
+    Codec.from_record(meta).check_fits(16, 4, "SiT-S/2")
     with pytest.raises(UserError) as e:
-        check_model_fits(meta, 32, 4, "ELIT-SiT-XL/2")
+        Codec.from_record(meta).check_fits(32, 4, "ELIT-SiT-XL/2")
     assert str(e.value) == ("latents are 16x16x4 (of 32x32 images) but ELIT-SiT-XL/2 at this config "
                             "expects 32x32x4")
     with pytest.raises(UserError, match="3 classes but SiT-S/2 has 2"):
-        check_model_fits(meta, 16, 4, "SiT-S/2", num_classes=2)
+        Codec.from_record(meta).check_fits(16, 4, "SiT-S/2", num_classes=2)
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -509,7 +513,8 @@ def test_training_on_encoded_latents_with_repa(latents, tmp_path, monkeypatch):
     """train.py's loop on `encode` output: posterior sampling, REPA on the source images, a decoded grid."""
     import training
     import training.trainer
-    from config import TrainConfig, parse_config
+    from training.options import TrainConfig
+    from utils.cli import parse_config
     monkeypatch.setattr(training.trainer, "load_repa_encoder", lambda *a, **k: _FakeDINO().requires_grad_(False))
     cfg = parse_config(TrainConfig, [
         "--model", "SiT-S/2", "--data-dir", str(latents), "--output-dir", str(tmp_path), "--exp-name", "run",

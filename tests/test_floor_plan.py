@@ -88,8 +88,6 @@ def test_no_family_name_comparisons_outside_the_tables():
     assert not bad, f"family names compared outside {sorted(FAMILY_TABLES)}: {bad}"
 
 
-@pytest.mark.xfail(strict=True, reason="known, open (issue 12): studies/fmnist/tools.py still imports generate.py, "
-                   "elit_multibudget_inference.py and dataset_tools.py; strict, so it fails once that is fixed")
 def test_repository_imports_are_at_the_top_and_no_entry_script_is_imported():
     local, entry = [], []
     for rel, mod in FILES.items():

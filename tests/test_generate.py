@@ -13,10 +13,15 @@ import pytest
 import torch
 
 from conftest import later_flags_win, ROOT, pixel_meta, script_env, tiny_model, write_checkpoint
-from config import GenerateConfig, parse_config
-from errors import UserError
+from sampling.options import GenerateConfig
+from utils.cli import parse_config
+from utils.errors import UserError
 import generate
-from generate import draw_inputs, generate_images, load_for_sampling, resolve_sampling, sample_latents
+from conftest import generate_images, plan_dict, sample_latents
+from dataio.codec import Codec
+from sampling.load import load_for_sampling
+from sampling.run import SETTINGS_FILE, draw_inputs, run_generation
+from sampling.shards import SHARD_DIR
 
 GEN_DIR = os.path.join(ROOT, "experiments_updated", "generation")
 DEMO = os.path.join(GEN_DIR, "demo.yaml")
@@ -38,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(*argv, max_batches=None):
-    return generate.run(parse_config(GenerateConfig, later_flags_win(argv)), max_batches=max_batches)
+    return run_generation(parse_config(GenerateConfig, later_flags_win(argv)), max_batches=max_batches)
 
 
 def load_npz(path):
@@ -63,8 +68,8 @@ def test_npz_layout_pngs_and_settings(ckpts, tmp_path):
     assert [os.path.basename(p) for p in pngs] == [f"{i:06d}.png" for i in range(10)]
     for i, p in enumerate(pngs):
         np.testing.assert_array_equal(np.asarray(Image.open(p)), images[i])
-    assert not os.path.exists(os.path.join(folder, generate.SHARD_DIR))          # merged into the npz
-    with open(os.path.join(folder, generate.SETTINGS_FILE)) as f:
+    assert not os.path.exists(os.path.join(folder, SHARD_DIR))          # merged into the npz
+    with open(os.path.join(folder, SETTINGS_FILE)) as f:
         saved = json.load(f)
     assert saved["settings"]["budget"] == 1.0 and saved["settings"]["cfg_scale"] == 2.0
     assert saved["settings"]["num_samples"] == 10 and saved["config"]["ckpt"] == ckpts["elit"]
@@ -77,9 +82,8 @@ def test_npz_layout_pngs_and_settings(ckpts, tmp_path):
 
 
 def test_pixel_rounding_and_grey_replication():
-    from images import to_uint8
     x = torch.tensor([-1.0, -0.9961, 0.0, 0.00393, 1.0, 1.5]).view(1, 1, 1, 6)        # (B, C=1, H, W)
-    img = to_uint8(x, pixel_meta(channels=1))
+    img = Codec.from_record(pixel_meta(channels=1)).decode(x)
     assert img.shape == (1, 1, 6, 3)
     # (x + 1) * 127.5 = 0, 0.497, 127.5, 128.0, 255, 318.75 -> rounded (half to even), clamped
     assert img[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255]
@@ -141,7 +145,7 @@ def test_interrupted_run_resumes_to_the_same_npz(ckpts, tmp_path):
     # Interrupted after one batch: its PNGs and shard exist, no npz.
     assert gen(*args, "--sample-dir", str(tmp_path / "run"), max_batches=1) is None
     folder = glob.glob(str(tmp_path / "run" / "*"))[0]
-    assert os.path.isfile(os.path.join(folder, generate.SHARD_DIR, "000000.npy"))
+    assert os.path.isfile(os.path.join(folder, SHARD_DIR, "000000.npy"))
     assert not os.path.exists(folder + ".npz")
     first = os.path.join(folder, "000000.png")
     stamp = os.stat(first).st_mtime_ns
@@ -168,7 +172,7 @@ def test_incomplete_npz_and_other_settings_are_refused(ckpts, tmp_path):
     args = ["--config", DEMO, "--ckpt", ckpts["sit"], *SMALL, "--sample-dir", str(tmp_path)]
     assert gen(*args, max_batches=1) is None
     folder = glob.glob(str(tmp_path / "*"))[0]
-    path = os.path.join(folder, generate.SETTINGS_FILE)
+    path = os.path.join(folder, SETTINGS_FILE)
     saved = json.load(open(path))
     saved["settings"]["path_type"] = "cosine"
     json.dump(saved, open(path, "w"))
@@ -212,11 +216,11 @@ def test_folder_names_encode_every_knob(ckpts, tmp_path):
 def test_equivalent_settings_share_a_folder(ckpts, tmp_path):
     elit = load_for_sampling(ckpts["elit"]).model                          # 4 windows of 4 latents
     base = parse_config(GenerateConfig, [])
-    plan = lambda **kw: resolve_sampling(elit, dataclasses.replace(base, **kw))   # noqa: E731
+    plan = lambda **kw: plan_dict(elit, dataclasses.replace(base, **kw))   # noqa: E731
     assert plan(inference_budget=8.0) == plan(inference_budget=0.5)         # 8 latent tokens = 2 per window
     assert plan(inference_budget=None) == plan(inference_budget=1.0)
     warnings = []
-    unguided = resolve_sampling(elit, dataclasses.replace(base, unconditional_inference_budget=0.25),
+    unguided = plan_dict(elit, dataclasses.replace(base, unconditional_inference_budget=0.25),
                                 warn=warnings.append)
     assert unguided == plan() and warnings                                  # no guidance: nothing to make cheap
     with pytest.raises(UserError, match="valid fractions are 1/4, 2/4, 3/4, 4/4"):
@@ -229,9 +233,9 @@ def test_equivalent_settings_share_a_folder(ckpts, tmp_path):
     for key, value in [("inference_budget", 1.0), ("unconditional_inference_budget", 0.25),
                        ("budget_schedule", "0:1")]:
         with pytest.raises(UserError, match=f"{key} applies to ELIT-SiT models"):
-            resolve_sampling(sit, dataclasses.replace(base, cfg_scale=2.0, **{key: value}))
+            plan_dict(sit, dataclasses.replace(base, cfg_scale=2.0, **{key: value}))
     with pytest.raises(UserError, match="dfm_steps_per_stage applies to DFM-SiT"):
-        resolve_sampling(sit, dataclasses.replace(base, dfm_steps_per_stage=[4, 1]))
+        plan_dict(sit, dataclasses.replace(base, dfm_steps_per_stage=[4, 1]))
 
 
 def test_guidance_knobs_change_the_images(ckpts):
@@ -347,7 +351,7 @@ def test_generation_yamls_parse_and_resolve(path):
         # g = 4 on a 4x4 token grid: 16 latents per window, like ELIT-SiT-XL/2 at 256 px
         models = [tiny_model(family, **({"elit_group_size": 4} if family == "ELIT-SiT" else {}))]
     for model in models:
-        plan = resolve_sampling(model, cfg)
+        plan = plan_dict(model, cfg)
         assert plan["family"] == model.family
     if "cheap_cfg" in name or "autoguidance" in name:
         assert plan["unconditional_budget"] == 0.0625 and plan["cfg_scale"] > 1

@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import later_flags_win, ROOT, script_env, write_checkpoint
-from config import GenerateConfig, InferenceConfig, parse_config
-from errors import UserError
-import elit_multibudget_inference as mbi
-from generate import generate_images, load_for_sampling
+from sampling.options import GenerateConfig, InferenceConfig
+from utils.cli import parse_config
+from utils.errors import UserError
+from conftest import generate_images
+from sampling import multibudget as mbi
+from sampling.load import load_for_sampling
 
 FAST = ["--class-label", "3", "--num-steps", "3", "--num-images", "2", "--latency-batch-size", "2",
         "--latency-repeats", "1"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import loss as loss_module
 import samplers
 from conftest import tiny_model
-from errors import UserError
+from utils.errors import UserError
 from loss import FlowMatchingLoss, LossOutput, allowed_budgets, draw_budget, draw_stage, repa_projection_loss, slice_draws
 from training.repa import encoder_features, load_repa_encoder
 from paths import PATHS, get_path

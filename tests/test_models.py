@@ -301,7 +301,7 @@ def test_convert_command_line_on_a_reference_checkpoint(tmp_path):
     import subprocess
     import sys
 
-    from checkpoint import model_from_checkpoint
+    from models.checkpoint import model_from_checkpoint
     from conftest import ROOT, script_env
     fx = load_fixture("elit")
     kw = fx["upstream_kwargs"]

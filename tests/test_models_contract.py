@@ -107,7 +107,7 @@ def repository_modules() -> set:
 
 def test_import_models_loads_no_other_repository_module():
     ours = sorted(repository_modules() - {"models"})
-    assert {"utils", "training", "sampling", "loss", "samplers", "checkpoint"} <= set(ours)
+    assert {"utils", "training", "sampling", "loss", "samplers", "dataio"} <= set(ours)
     code = ("import json, sys, models; "
             f"ours = set({ours!r}); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ours or "

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from conftest import pixel_meta, tiny_model
+from dataio.codec import checkpoint_record
 from samplers import SAMPLERS, sample_model
 from sampling.load import Decoder, SamplingCheckpoint
 from sampling.options import GenerateConfig
@@ -31,7 +32,7 @@ def checkpoint(model, meta="pixels") -> SamplingCheckpoint:
 
 def folder(model, **changes) -> str:
     cfg = dataclasses.replace(BASE, **changes)
-    ck = checkpoint(model, None if cfg.vae else "pixels")
+    ck = checkpoint(model, checkpoint_record(None, model) if cfg.vae else "pixels")   # converted: the SD-VAE record
     return resolve_generation(cfg, ck, Decoder(ck.dataset_meta, cfg.vae)).folder_name
 
 

@@ -9,8 +9,10 @@ import shlex
 
 import pytest
 
-from config import TrainConfig, parse_config
-from data import make_demo_images, write_pixel_dataset
+from training.options import TrainConfig
+from utils.cli import parse_config
+from dataio.sources.demo import make_demo_images
+from dataio.writers import write_pixel_dataset
 
 TINY = dict(hidden_size=32, depth=4, num_heads=2)
 STEPS = 3000                # draws per line: every one of 64 levels appears with overwhelming probability

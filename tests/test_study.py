@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import evaluate as evaluate_script
-from config import FashionMnistStudyConfig
+from studies.fmnist.options import FashionMnistStudyConfig
 from studies import classifier as clf
 from studies import fashion_mnist as study
 

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from conftest import ROOT, later_flags_win
-from config import TrainConfig, model_overrides, parse_config
-from data import make_demo_images, write_pixel_dataset
-from errors import UserError
+from training.options import TrainConfig, model_overrides
+from utils.cli import parse_config
+from dataio.sources.demo import make_demo_images
+from dataio.writers import write_pixel_dataset
+from utils.errors import UserError
 from models import build_model
 
 TINY = dict(hidden_size=32, depth=4, num_heads=2)

@@ -9,8 +9,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from config import TrainConfig, parse_config  # noqa: E402
-from errors import run_main  # noqa: E402
+from training.options import TrainConfig  # noqa: E402
+from utils.cli import parse_config  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 
 
 def main():

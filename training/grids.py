@@ -14,29 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from images import save_grid
-from samplers import default_dfm_schedule, sample, sample_dfm
-
-
-def _sample_one_input(model, noise: list, y, *, num_steps, cfg_scale, path_type, budget, autocast_dtype):
-    (noise,) = noise
-    return sample(model, noise, y, num_steps=num_steps, cfg_scale=cfg_scale, path_type=path_type, budget=budget,
-                  autocast_dtype=autocast_dtype)
-
-
-def _sample_stages(model, noise: list, y, *, num_steps, cfg_scale, path_type, budget, autocast_dtype):
-    steps, thresholds = default_dfm_schedule(num_steps, model.stages)      # no budgets: `budget` is None
-    return sample_dfm(model, noise, y, steps_per_stage=steps, thresholds=thresholds, cfg_scale=cfg_scale,
-                      path_type=path_type, autocast_dtype=autocast_dtype)
-
-
-# {family: sampler}: replaced by samplers.SAMPLERS at merge (and `sample_model` by samplers.sample_model).
-_SAMPLERS = {"SiT": _sample_one_input, "ELIT-SiT": _sample_one_input, "DFM-SiT": _sample_stages}
-
-
-def sample_model(model, noise: list, y: torch.Tensor, **settings) -> torch.Tensor:
-    """noise: one (B, *shape) tensor per `model.noise_shapes()` entry -> samples (B, C, H, W) float32."""
-    return _SAMPLERS[model.family](model, noise, y, **settings)
+from dataio.writers import save_grid
+from samplers import sample_model
 
 
 def grid_noise(model, n: int, seed: int) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import random
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 

@@ -17,10 +17,10 @@ and no extra pass over the gradients, and a non-finite gradient never reaches th
 with a non-finite loss is recorded on the device; the run stops at the next log or checkpoint with a message
 naming that step, without writing a checkpoint.
 
-The trainer compares no family name and asks the data kind in one place. The model's family picks its
+The trainer compares no family name and never asks the data kind. The model's family picks its
 objective once (`loss.OBJECTIVES`), which validates the options and draws each step's condition and noise; the
 model says what DDP needs (`may_leave_parameters_unused`) and what the grids draw (`training/grids.py`). Pixels
-vs latents is the "codec seam" (the trainer's `encode` / `decode` and a few lines of `__init__`). Seeds, RNG
+vs latents is the dataset's codec (`dataio/codec.py`): the trainer's `encode` / `decode` ask it. Seeds, RNG
 state and the checkpoint's contents are `training/state.py`; the REPA target encoder is `training/repa.py`.
 """
 
@@ -37,18 +37,18 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm import tqdm
 
-from checkpoint import atomic_save, latest_checkpoint
-from data import StepBatchSampler, check_model_fits, dataset_info, load_dataset, make_loader, to_model_input
-from images import to_uint8
+from dataio.codec import Codec
+from dataio.dataset import load_dataset
+from dataio.loader import StepBatchSampler, make_loader
 from loss import OBJECTIVES, slice_draws
 from models import build_model
+from models.checkpoint import atomic_save, latest_checkpoint
 from training.grids import write_sample_grids
 from training.options import TrainConfig, model_overrides
 from training.repa import load_repa_encoder, target_features
 from training.state import checkpoint_state, restore_state, step_seed
 from utils.cli import save_config, to_dict
 from utils.errors import UserError, user_errors
-from vae import load_vae
 
 
 class Trainer:
@@ -69,15 +69,12 @@ class Trainer:
                 raise UserError("no data: pass --data-dir (a folder written by dataset_tools.py)")
             dataset = load_dataset(cfg.data_dir, with_images=cfg.proj_coeff > 0)
         self.dataset, self.meta = dataset, dataset.meta
-        # Codec seam: with `encode`, `load_decoder` and `decode` below, the trainer's only pixels-vs-latents
-        # questions; at the merge dataio's Codec.from_record(self.meta, vae=..., device=...) answers them
-        # (model_settings, check_fits / model_input_size, encode, decode).
-        info = dataset_info(self.meta)
+        # The codec answers every pixels-vs-latents question (model shape, encode, decode; dataio/codec.py).
+        self.codec = Codec.from_record(self.meta)
+        info = self.codec.model_settings()
         if cfg.resolution is not None:
-            expected = cfg.resolution // 8 if self.meta["kind"] == "latents" else cfg.resolution
-            check_model_fits(self.meta, expected, info["in_channels"], f"{cfg.model} at resolution {cfg.resolution}")
-        self.posterior_noise = self.meta["kind"] == "latents"          # encode() takes N(0, I) posterior noise
-        self._vae = None
+            self.codec.check_fits(self.codec.model_input_size(cfg.resolution), info["in_channels"],
+                                  f"{cfg.model} at resolution {cfg.resolution}")
 
         # REPA target encoder (frozen), fed the training images; its width sets the projector's. Loaded on the
         # CPU: the model is built before the accelerator (the model tells DDP what it needs), then both move.
@@ -107,6 +104,7 @@ class Trainer:
             project_dir=os.path.join(cfg.output_dir, cfg.exp_name, "logs"), kwargs_handlers=ddp)
         acc = self.accelerator
         self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
+        self.codec.device = self.device
         self.is_main = acc.is_main_process
         per_step = self.world * cfg.gradient_accumulation_steps
         if cfg.global_batch_size % per_step:
@@ -202,7 +200,7 @@ class Trainer:
         g = self.generator.manual_seed(step_seed(self.cfg.seed, self.step, 0))
         G = self.cfg.global_batch_size
         draws = self.objective.draw_step(G, shape, generator=g)
-        posterior = torch.randn(G, *shape, generator=g, device=self.device) if self.posterior_noise else None
+        posterior = self.codec.encode_noise((G, *shape), generator=g, device=self.device)
         out = []
         for micro in range(self.cfg.gradient_accumulation_steps):
             lo = micro * self.global_micro + self.rank * self.micro
@@ -253,17 +251,16 @@ class Trainer:
         torch._foreach_lerp_(self.ema_params, self.ema_targets, 1.0 - cfg.ema_decay)
 
     # ------------------------------------------------------------------------------------------------------
-    # Codec seam (continued): model input from a batch, uint8 images from model output.
+    # The codec: model input from a batch, uint8 images from model output.
     def encode(self, batch: dict, noise: Optional[torch.Tensor]) -> torch.Tensor:
-        return to_model_input(batch, self.meta, noise)
+        return self.codec.encode(batch, noise)
 
     def load_decoder(self) -> None:
-        """Load the VAE of a latent dataset once (a UserError when it cannot be had, e.g. offline)."""
-        if self._vae is None and self.meta["kind"] == "latents":
-            self._vae = load_vae(self.meta["vae"], self.device)
+        """Load the decoder now (a UserError when it cannot be had, e.g. a hub VAE offline)."""
+        self.codec.load_vae()
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return to_uint8(x, self.meta, self._vae)
+        return self.codec.decode(x)
 
     # ------------------------------------------------------------------------------------------------------
     # Sample grids.
@@ -301,7 +298,7 @@ class Trainer:
             n_params = sum(p.numel() for p in self.params)
             self.log(f"{cfg.model}: {n_params / 1e6:.1f}M parameters, {self.world} process(es), global batch "
                      f"{cfg.global_batch_size} = {self.world} x {cfg.gradient_accumulation_steps} x {self.micro}, "
-                     f"data {cfg.data_dir} ({self.meta['kind']}, {len(self.dataset)} items)")
+                     f"data {cfg.data_dir} ({self.codec.kind}, {len(self.dataset)} items)")
         acc.init_trackers(cfg.exp_name.replace("/", "_"), config={k: v for k, v in to_dict(cfg).items()
                                                                   if isinstance(v, (int, float, str, bool))})
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, disable=not (self.is_main and cfg.progress),

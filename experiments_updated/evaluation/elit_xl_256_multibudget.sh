@@ -6,6 +6,5 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # g = 4 at 256 px: 16 latent slots per window, valid budgets j/16.
-for budget in ${BUDGETS:-1.0 0.75 0.5 0.25}; do
-  CFG_SCALE="${CFG_SCALE:-1.0}" NUM_SAMPLES="${NUM_SAMPLES:-50000}" BUDGET="$budget" bash "$HERE/eval.sh" "$@"
-done
+CFG_SCALE="${CFG_SCALE:-1.0}" NUM_SAMPLES="${NUM_SAMPLES:-50000}" BUDGETS="${BUDGETS:-1.0 0.75 0.5 0.25}" \
+  bash "$HERE/eval.sh" "$@"

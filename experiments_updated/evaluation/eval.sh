@@ -11,6 +11,7 @@
 #   GEN_CONFIG     generation YAML (experiments_updated/generation/*.yaml); empty = generate.py's defaults
 #   NUM_SAMPLES    images to generate (default 50000, the ADM protocol)
 #   BUDGET         ELIT budget of the conditional pass (--inference-budget); empty = full / the config's
+#   BUDGETS        several budgets, space-separated: one evaluation each (the multibudget wrappers' default)
 #   UNCOND_BUDGET  ELIT budget of the unconditional guidance pass (--unconditional-inference-budget; cheap CFG)
 #   AUTOGUIDANCE   1 = --autoguidance, 0 = --no-autoguidance, empty = the config's
 #   CFG_SCALE      guidance scale (--cfg-scale); empty = the config's
@@ -31,7 +32,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-KEYS=" CKPT REF GEN_CONFIG NUM_SAMPLES BUDGET UNCOND_BUDGET AUTOGUIDANCE CFG_SCALE NPROC INCEPTION DINOV2 FDD SAMPLES GEN_ARGS EVAL_ARGS "
+KEYS=" CKPT REF GEN_CONFIG NUM_SAMPLES BUDGETS BUDGET UNCOND_BUDGET AUTOGUIDANCE CFG_SCALE NPROC INCEPTION DINOV2 FDD SAMPLES GEN_ARGS EVAL_ARGS "
 
 for arg in "$@"; do
   key="${arg%%=*}"
@@ -40,7 +41,16 @@ for arg in "$@"; do
     exit 2
   fi
   export "$arg"
+  [[ "$key" == BUDGET ]] && unset BUDGETS                  # one budget given: it replaces a wrapper's list
 done
+
+# BUDGETS="1.0 0.5": one evaluation per budget, each with its own sample folder and metrics JSON.
+if [[ -n "${BUDGETS:-}" ]]; then
+  for budget in $BUDGETS; do
+    BUDGETS="" BUDGET="$budget" bash "${BASH_SOURCE[0]}"
+  done
+  exit 0
+fi
 
 if [[ -z "${REF:-}" ]]; then
   echo "error: set REF to an ADM reference batch .npz (from guided-diffusion's evaluations, e.g." \

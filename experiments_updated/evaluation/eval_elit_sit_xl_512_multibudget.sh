@@ -7,19 +7,10 @@
 # Every eval.sh setting can be given the same way (CKPT=..., NUM_SAMPLES=10000, BUDGET=0.5, INCEPTION=...,
 # DINOV2=...).
 # Multibudget model: one evaluation per budget in BUDGETS (default 1.0 0.75 0.5 0.25; valid budgets are
-# j/64), each with its own sample folder and metrics JSON. BUDGETS="1.0" (or BUDGET=1.0): full budget only.
+# j/64), each with its own sample folder and metrics JSON. BUDGET=1.0: full budget only.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-pass=()
-for arg in "$@"; do
-  case "$arg" in
-    BUDGETS=*|BUDGET=*) BUDGETS="${arg#*=}" ;;
-    *) pass+=("$arg") ;;
-  esac
-done
-for budget in ${BUDGETS:-1.0 0.75 0.5 0.25}; do
-  CKPT="${CKPT:-exps/elit_sit_xl_512_multibudget/checkpoints/0400000.pt}" \
-    GEN_CONFIG="${GEN_CONFIG:-$HERE/../generation/elit_sit_xl_512_multibudget.yaml}" \
-    REF_EXAMPLE="VIRTUAL_imagenet512.npz" BUDGET="$budget" \
-    bash "$HERE/eval.sh" "${pass[@]}"
-done
+CKPT="${CKPT:-exps/elit_sit_xl_512_multibudget/checkpoints/0400000.pt}" \
+  GEN_CONFIG="${GEN_CONFIG:-$HERE/../generation/elit_sit_xl_512_multibudget.yaml}" \
+  REF_EXAMPLE="VIRTUAL_imagenet512.npz" BUDGETS="${BUDGETS:-1.0 0.75 0.5 0.25}" \
+  bash "$HERE/eval.sh" "$@"

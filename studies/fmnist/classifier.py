@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import load_dataset
+from dataio.dataset import load_dataset
 from studies.fmnist.options import ClassifierConfig
 from utils.atomic import atomic_write
 from utils.errors import UserError

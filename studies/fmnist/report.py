@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from data import FASHION_MNIST_CLASSES
+from dataio.sources.fashion_mnist import FASHION_MNIST_CLASSES
 from studies.fmnist.claims import claim_sentence
 from studies.fmnist.classifier import load_split
 from studies.fmnist.options import MODELS

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from checkpoint import latest_checkpoint, load_checkpoint
-from data import load_dataset, to_model_input
+from models.checkpoint import latest_checkpoint, load_checkpoint
+from dataio.codec import Codec
+from dataio.dataset import load_dataset
 from evaluation import evaluate, load_network, reference_statistics
 from evaluation.batches import write_npz
 from loss import FlowMatchingLoss, per_sample_mse, slice_draws
@@ -144,7 +145,7 @@ def heldout(study: Study, name: str) -> None:
     ds = load_dataset(os.path.join(study.data_dir, "test"))
     n = min(study.p.heldout_items, len(ds))
     batch = torch.utils.data.default_collate(ds.__getitems__(list(range(n))))
-    x0, y = to_model_input(batch, ds.meta).to(study.device), batch["y"].to(study.device)
+    x0, y = Codec.from_record(ds.meta).encode(batch).to(study.device), batch["y"].to(study.device)
     loss_fn = FlowMatchingLoss("linear", study.cfg.weighting, label_dropout=0.0)
     g = torch.Generator().manual_seed(study.cfg.seed + HELDOUT_SEED_OFFSET)
     draws = loss_fn.draw(n, tuple(x0.shape[1:]), generator=g, device=study.device)
