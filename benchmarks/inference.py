@@ -25,7 +25,7 @@ from models.flops import forward_flops  # noqa: E402
 from models.graphs import fast_inference  # noqa: E402
 from samplers import sample  # noqa: E402
 from sampling.cost import measure  # noqa: E402
-from sampling.load import SD_VAE_FACTOR  # noqa: E402
+from dataio.codec import SD_VAE_FACTOR  # noqa: E402
 
 
 def prepare(args):
