@@ -242,7 +242,11 @@ def main(argv=None) -> None:
 
     def run(args):
         ckpt = load_reference_checkpoint(args.ckpt)
-        if is_state_dict(ckpt):                  # public SiT / REPA releases, or a bare state dict of ours
+        entry = ckpt.get(args.entry) if isinstance(ckpt, dict) and not is_state_dict(ckpt) else None
+        sit_training = (is_state_dict(entry) and {"pos_embed", "x_embedder.proj.weight", "final_layer.linear.weight"}
+                        <= set(entry) and LAYOUTS[detect_layout(entry)].learn_sigma)  # willisma/SiT train.py's
+        if is_state_dict(ckpt) or sit_training:  # public SiT / REPA releases, or a bare state dict of ours
+            ckpt = ckpt if entry is None else entry
             settings = {k: eval_literal(v) for k, _, v in (item.partition("=") for item in args.set)}
             if args.resolution:
                 settings["input_size"] = args.resolution // REFERENCE_LATENT_FACTOR

@@ -211,3 +211,18 @@ def test_generate_samples_a_public_state_dict(tmp_path):
     out = gen("--ckpt", str(tmp_path / "last.pt"), "--num-samples", "2", "--per-proc-batch-size", "2",
               "--num-steps", "2", "--sample-dir", str(tmp_path / "s"), "--vae", vae_dir)
     assert load_npz(out)["arr_0"].shape[0] == 2
+
+
+def test_convert_reads_a_sit_training_checkpoint(tmp_path, capsys):
+    """willisma/SiT's train.py saves {model, ema, opt, args}: its ema entry converts like the public file."""
+    import argparse
+    from models.convert import main
+    sd = public_state_dict("sit")
+    torch.save({"model": {k: v + 1 for k, v in sd.items()}, "ema": sd, "opt": {},
+                "args": argparse.Namespace(model="SiT-XL/2", image_size=256)}, tmp_path / "0400000.pt")
+    main(["--ckpt", str(tmp_path / "0400000.pt"), "--out", str(tmp_path / "ours.pt")])
+    assert "willisma/SiT" in capsys.readouterr().out
+    x, t, y = inputs()
+    with torch.no_grad():
+        ours = model_from_checkpoint(str(tmp_path / "ours.pt"))(x, t, y)
+    assert rel_err(ours, -reference_forward(sd, x, 1 - t, y)[0][:, :C]) < 1e-5
