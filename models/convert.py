@@ -203,6 +203,8 @@ def convert_state_dict(state_dict: dict, name: str | None = None, settings: dict
         cfg.pop("repa_z_dim")
         notes.append("the REPA projector was dropped (sampling does not use it); keep it with --set "
                      "repa_depth=N (REPA's --encoder-depth, 8 for its SiT-XL/2)")
+    if layout != "ours" and cfg.get("qk_norm"):
+        notes.append("qk_norm: timm's q/k LayerNorm (eps 1e-5) becomes ours (eps 1e-6); outputs differ slightly")
     if "input_size" not in cfg:
         raise ValueError("the state dict does not give the input size (no pos_embed): pass --resolution PIXELS "
                          "(SD-VAE latents: 1/8 of it) or --set input_size=N")

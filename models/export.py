@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from utils.atomic import atomic_write, write_json
-from utils.errors import UserError, run_main, user_errors
+from utils.errors import UserError, run_main
 
 from . import build_from_arch
 from .checkpoint import load_checkpoint
@@ -99,8 +99,11 @@ def read_checkpoint(path: str) -> dict:
         if isinstance(obj, dict) and "arch" in obj:
             return obj
         if is_state_dict(obj):
-            with user_errors(f"{path}: "):
+            try:
                 model, notes = convert_state_dict(obj)
+            except ValueError as e:
+                raise UserError(f"{path} is a plain state dict that does not describe its model here ({e}); convert "
+                                f"it with `python -m models.convert --ckpt {path} --out OURS.pt [--model/--set]`") from None
             for note in notes:
                 print(f"note: {path}: {note}", file=sys.stderr)
             sd = model.state_dict()

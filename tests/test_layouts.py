@@ -182,6 +182,13 @@ def test_bad_plain_state_dicts_are_clear_errors():
         convert_state_dict({"weight": torch.zeros(3)})
 
 
+def test_sampling_loader_names_the_converter_for_an_incomplete_state_dict(tmp_path):
+    from utils.errors import UserError
+    torch.save(tiny_model("SiT").state_dict(), tmp_path / "bare.pt")         # ours: no pos_embed, no input size
+    with pytest.raises(UserError, match="python -m models.convert"):
+        load_for_sampling(str(tmp_path / "bare.pt"))
+
+
 def test_convert_command_line_and_generate_load_public_files(tmp_path):
     """`python -m models.convert` on the public SiT file; sampling's loader reads the file itself."""
     sd = public_state_dict("sit")
