@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --model SiT-XL/2 --batch 64                      # one GPU
     python benchmarks/train_throughput.py --model ELIT-SiT-XL/2 --multibudget
     torchrun --nproc_per_node 2 benchmarks/train_throughput.py --model SiT-XL/2            # DDP, batch per GPU
+    python benchmarks/train_throughput.py --model SiT-XL/2 --batch 64 --gradient-checkpointing  # recompute blocks
 
 Each process gets `--batch` images per step from pre-made device tensors (synthetic latents: shapes and the
 step are the real ones, the data pipeline is not timed). Warm-up runs until every budget level (ELIT) or
@@ -51,6 +52,8 @@ def run(args) -> dict:
              "--output-dir", out, "--exp-name", "bench", "--report-to", "none", "--no-progress",
              "--resolution", str(args.resolution), "--num-workers", "0",
              "--compile" if args.compile else "--no-compile"]
+    if args.gradient_checkpointing:
+        flags += ["--gradient-checkpointing"]
     if args.multibudget:                        # every level: mask probabilities 0 .. 1 - 1/K (the default max)
         flags += ["--elit-min-mask-prob", "0"]
     cfg = parse_config(TrainConfig, flags + args.extra)
@@ -84,7 +87,8 @@ def run(args) -> dict:
     elapsed = time.time() - t0
     world = trainer.world
     result = dict(model=args.model, resolution=args.resolution, batch_per_gpu=args.batch, gpus=world,
-                  multibudget=bool(args.multibudget), compile=args.compile, steps=args.steps,
+                  multibudget=bool(args.multibudget), compile=args.compile,
+                  gradient_checkpointing=bool(args.gradient_checkpointing), steps=args.steps,
                   img_per_s=round(args.batch * world * args.steps / elapsed, 1),
                   step_ms=round(1000 * elapsed / args.steps, 2), warmup_s=round(warmup, 1),
                   peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
@@ -107,6 +111,8 @@ if __name__ == "__main__":
     p.add_argument("--multibudget", action="store_true",
                    help="models with budget levels: draw every level (else the full budget)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass (train.py's option)")
     p.add_argument("--json", help="append the result to this JSON-lines file")
     p.add_argument("extra", nargs="*", help="extra train.py flags after --, e.g. -- --gradient-accumulation-steps 2")
     run(p.parse_args())

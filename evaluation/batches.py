@@ -167,6 +167,17 @@ def read_labels(path: str, num_images: int) -> Optional[np.ndarray]:
     return labels.astype(np.int64)
 
 
+def sorted_by_class(labels) -> bool:
+    """True when the labels form one contiguous run per class (e.g. 0,0,..,1,1,..), with >= 2 classes and some
+    class repeated: a batch ordered like that gives each of IS's consecutive splits only a few classes."""
+    y = np.asarray(labels).reshape(-1)
+    if len(y) < 3:
+        return False
+    runs = 1 + int(np.count_nonzero(y[1:] != y[:-1]))
+    classes = len(np.unique(y))
+    return 2 <= classes == runs < len(y)
+
+
 def _atomic_write(path: str, write, suffix: str) -> None:
     """Write through `write(file_object)` to a temporary file in the target folder, then rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))

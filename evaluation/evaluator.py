@@ -12,10 +12,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .batches import NpzImages, as_images, prefetch, read_labels, read_stored_statistics, write_npz
+from .batches import (NpzImages, as_images, prefetch, read_labels, read_stored_statistics, sorted_by_class,
+                      write_npz)
 from .errors import EvalInputError
 from .features import FeatureNetwork, load_network
-from .metrics import classifier_accuracy, feature_statistics, frechet_distance, inception_score, precision_recall
+from .metrics import (IS_SPLIT_SIZE, classifier_accuracy, feature_statistics, frechet_distance, inception_score,
+                      precision_recall)
 
 
 def compute_features(images, network: FeatureNetwork, batch_size: int = 100, progress: bool = False,
@@ -162,6 +164,10 @@ def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, fdd_netw
                       f"{ref_stats['image_shape'][0]}x{ref_stats['image_shape'][1]}", stacklevel=2)
     if labels is None and isinstance(samples, (str, os.PathLike)):
         labels = read_labels(os.fspath(samples), len(images))
+    if labels is not None and sorted_by_class(labels):      # no labels: nothing to check
+        warnings.warn("the samples are sorted by class (one contiguous run of labels per class): the Inception "
+                      f"Score averages consecutive splits of {IS_SPLIT_SIZE}, each then sees few classes and IS "
+                      "collapses (guided-diffusion issues 153, 165); shuffle the batch", stacklevel=2)
     networks = [network] + ([fdd_network] if fdd_network is not None else [])
     feats, *fdd_feats = compute_features_many(images, networks, batch_size, progress, label="samples")
 

@@ -19,8 +19,14 @@ Reference layout -> ours (everything else has the same name):
 The reference's ELIT Write always attends to every latent slot, so converted ELIT models get
 `elit_write_dropped_latents=True` unless the caller's config says otherwise.
 
+Plain state dicts (the public SiT-XL/2 of willisma/SiT, the public REPA SiT-XL/2 `last.pt`, a bare state dict
+of ours) go through `models/layouts.py` (the layout table, SiT's sigma half and time direction): the model is
+inferred from the keys and shapes unless --model / --set say otherwise (`convert_state_dict`).
+
 Command line (a reference checkpoint -> a checkpoint our scripts load):
     python -m models.convert --ckpt ref/0400000.pt --model ELIT-SiT-XL/2 --resolution 256 --out converted.pt
+    python -m models.convert --ckpt SiT-XL-2-256x256.pt --out sit_xl.pt            # public SiT: all inferred
+    python -m models.convert --ckpt repa/last.pt --out repa_xl.pt --set repa_depth=8 # keep REPA's projector
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import ast
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +45,7 @@ from utils.errors import UserError, run_main, user_errors
 
 from . import FAMILIES, SIZES, DFMSiT, ELITSiT, SiT, build_model, parse_model_name
 from .checkpoint import atomic_save
+from .layouts import LAYOUTS, detect_layout, drop_projector, infer_settings, is_state_dict, to_reference
 
 READ = "input_token_editor.adapters.0."
 WRITE = "output_token_editor.adapters.0."
@@ -168,6 +176,52 @@ def convert_reference(family: str, state_dict: dict, config: dict, name: str | N
     return model.eval()
 
 
+def convert_state_dict(state_dict: dict, name: str | None = None, settings: dict | None = None,
+                       layout: str | None = None) -> tuple[nn.Module, list[str]]:
+    """A plain state dict (public SiT, public REPA, or a bare one of ours) -> (our model in eval mode, notes).
+
+    The layout is detected from the keys unless given (models/layouts.py); the model settings are read from
+    the shapes, `name` (a registry name) and `settings` (our vocabulary) fill in or check the rest. A REPA
+    projector is kept when `settings` gives repa_depth (REPA's --encoder-depth), else dropped with a note.
+    """
+    layout = layout or detect_layout(state_dict)
+    sd = to_reference(state_dict, layout)
+    settings = dict(settings or {})
+    family = parse_model_name(name)[0] if name else "SiT"
+    # A single-stage trunk's settings are in its shapes (a multi-stage DFM's come with `name` and `settings`).
+    inferred = infer_settings(sd) if not name or "x_embedder.proj.weight" in sd else {}
+    if name:                                     # the name's size must be the one of the weights
+        _, size, patch = parse_model_name(name)
+        for key, value in dict(SIZES[size], patch_size=patch).items():
+            if key in inferred and inferred[key] != value and key not in settings:
+                raise ValueError(f"the weights have {key}={inferred[key]}, {name} has {value}: pass the "
+                                 f"matching --model or --set {key}={inferred[key]}")
+    cfg = {**inferred, **settings}
+    notes = []
+    if "repa_z_dim" in inferred and not cfg.get("repa_depth"):
+        sd = drop_projector(sd)
+        cfg.pop("repa_z_dim")
+        notes.append("the REPA projector was dropped (sampling does not use it); keep it with --set "
+                     "repa_depth=N (REPA's --encoder-depth, 8 for its SiT-XL/2)")
+    if layout != "ours" and cfg.get("qk_norm"):
+        notes.append("qk_norm: timm's q/k LayerNorm (eps 1e-5) becomes ours (eps 1e-6); outputs differ slightly")
+    if "input_size" not in cfg:
+        raise ValueError("the state dict does not give the input size (no pos_embed): pass --resolution PIXELS "
+                         "(SD-VAE latents: 1/8 of it) or --set input_size=N")
+    if "num_heads" not in cfg:
+        raise ValueError(f"hidden_size {cfg.get('hidden_size')} is no DiT size: pass --set num_heads=N")
+    if layout != "ours":
+        return convert_reference(family, sd, cfg, name=name), notes
+    # Our names already: load as is (the reference rules would reshape ELIT's tables a second time).
+    model = build_model(name or _pick_name(family, cfg), **cfg)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the state dict does not fit {model.arch['name']}: "
+                         f"{(str(e).strip().splitlines() or ['load_state_dict failed'])[-1].strip()[:300]}") from None
+    return model.eval(), notes
+
+
 # ----------------------------------------------------------------------------------------------------------
 def load_reference_checkpoint(path: str) -> dict:
     """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else."""
@@ -177,16 +231,37 @@ def load_reference_checkpoint(path: str) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Convert a public-reference checkpoint into this repository's format.")
-    p.add_argument("--ckpt", required=True, help="reference checkpoint (.pt with 'ema'/'model' and 'args')")
+    p.add_argument("--ckpt", required=True, help="reference checkpoint (.pt with 'ema'/'model' and 'args'), or a "
+                   "plain state dict (public SiT / REPA weights)")
     p.add_argument("--out", required=True, help="where to write the converted checkpoint")
     p.add_argument("--model", help="our model name, e.g. ELIT-SiT-XL/2 (default: the checkpoint's args.model)")
     p.add_argument("--resolution", type=int, help="image resolution in pixels (default: args.resolution)")
     p.add_argument("--entry", default="ema", help="state dict to convert: ema (default) or model")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra model settings in our vocabulary, e.g. elit_head_depth=8 repa_depth=8")
+    p.add_argument("--layout", choices=list(LAYOUTS),
+                   help="layout of a plain state dict (default: detected from its keys; models/layouts.py)")
 
     def run(args):
         ckpt = load_reference_checkpoint(args.ckpt)
+        entry = ckpt.get(args.entry) if isinstance(ckpt, dict) and not is_state_dict(ckpt) else None
+        sit_training = (is_state_dict(entry) and {"pos_embed", "x_embedder.proj.weight", "final_layer.linear.weight"}
+                        <= set(entry) and LAYOUTS[detect_layout(entry)].learn_sigma)  # willisma/SiT train.py's
+        if is_state_dict(ckpt) or sit_training:  # public SiT / REPA releases, or a bare state dict of ours
+            ckpt = ckpt if entry is None else entry
+            settings = {k: eval_literal(v) for k, _, v in (item.partition("=") for item in args.set)}
+            if args.resolution:
+                settings["input_size"] = args.resolution // REFERENCE_LATENT_FACTOR
+            with user_errors():
+                model, notes = convert_state_dict(ckpt, args.model, settings, args.layout)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            layout = args.layout or detect_layout(ckpt)
+            sd = model.state_dict()
+            atomic_save({"model": sd, "ema": sd, "arch": model.arch, "step": 0,
+                         "config": {"converted_from": os.path.abspath(args.ckpt), "layout": layout}}, args.out)
+            print(f"wrote {args.out} ({model.arch['name']}, {LAYOUTS[layout].source})")
+            return
         if args.entry not in ckpt:
             raise UserError(f"{args.ckpt} has no '{args.entry}' entry (has: {', '.join(map(str, ckpt))})")
         ref_args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}

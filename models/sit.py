@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import (FinalLayer, LabelEmbedder, PatchEmbed, SiTBlock, TimestepEmbedder, repa_projector, sincos_2d,
                      unpatchify)
@@ -115,6 +116,10 @@ class SiT(nn.Module):
     budget_levels: list = []              # ELIT: the valid budget fractions; empty = no compute budgets
     stages: int = 1                       # DFM: pyramid stages (inputs are a list of `stages` tensors)
     may_leave_parameters_unused = False   # DDP needs find_unused_parameters (DFM: inactive stages)
+    # A run-time switch, not an architecture setting (not in `arch`): train.py --gradient-checkpointing sets it.
+    # When on (and autograd is recording), each block's activations are recomputed in the backward pass
+    # instead of stored: activation memory drops from O(depth) blocks to about one, for ~1/3 more compute.
+    gradient_checkpointing = False
 
     def noise_shapes(self) -> list[tuple[int, ...]]:
         """Per-image shapes of the model's inputs (and of the noise a sampler draws), one per stage."""
@@ -141,8 +146,12 @@ class SiT(nn.Module):
         if return_features and self.projector is None:
             raise ValueError("return_features needs a REPA projector (build the model with repa_depth > 0)")
         feats = None
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for i in range(first, last):
-            h = self.blocks[i](h, c)
+            if recompute:    # non-reentrant: works with keyword args, compile and inputs that need no grad
+                h = checkpoint(self.blocks[i], h, c, use_reentrant=False)
+            else:
+                h = self.blocks[i](h, c)
             if return_features and i + 1 == self.repa_depth:
                 feats = self.projector(h)
         return h, feats

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from dataio.codec import Codec, checkpoint_record
-from models.checkpoint import load_checkpoint, model_from_checkpoint
+from models.checkpoint import model_from_checkpoint
+from models.export import read_checkpoint
 from utils.errors import UserError, user_errors
 
 
@@ -62,8 +63,10 @@ def checkpoint_label(path: str, config) -> str:
 
 
 def load_for_sampling(path: str, weights: str = "ema", device="cpu") -> SamplingCheckpoint:
-    """Load a checkpoint (UserError when missing/corrupt), rebuild its model in eval mode on `device`."""
-    ckpt = load_checkpoint(path)
+    """Load a checkpoint (UserError when missing/corrupt), rebuild its model in eval mode on `device`.
+
+    `path` may also be an export (safetensors, models/export.py) or a public SiT/REPA state dict."""
+    ckpt = read_checkpoint(path)
     with user_errors(f"cannot rebuild the model of {path}: "):
         try:
             model = model_from_checkpoint(ckpt, weights)
@@ -79,7 +82,7 @@ def load_for_sampling(path: str, weights: str = "ema", device="cpu") -> Sampling
     return SamplingCheckpoint(
         model=model.to(device).requires_grad_(False), dataset_meta=meta,
         path_type=str(config.get("path_type", "linear")), step=int(step) if isinstance(step, int) else 0,
-        label=checkpoint_label(path, config), fingerprint=fingerprint, path=os.path.abspath(path))
+        label=checkpoint_label(os.path.normpath(path), config), fingerprint=fingerprint, path=os.path.abspath(path))
 
 
 # ----------------------------------------------------------------------------------------------------------

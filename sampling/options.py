@@ -47,6 +47,10 @@ class GenerateConfig(SamplingOptions, OutputOptions):
     num_samples: int = opt(50_000, "number of images")
     per_proc_batch_size: int = opt(32, "images per forward on each process")
     num_classes_sampled: Optional[int] = opt(None, "draw labels from the first N classes (default: all)")
+    labels: Literal["random", "balanced"] = opt(
+        "random", "class labels: random = drawn uniformly per image from its own seed (the default, as before); "
+        "balanced = image i gets class i mod K (K = num_classes_sampled or all classes; e.g. 50 per class for 50k "
+        "ImageNet samples, as several FID protocols use), fixed by the image index, so sharding and resume agree")
     write_png: bool = opt(True, "write one PNG per image besides the .npz")
     reference_keys = REFERENCE_KEYS     # the public reference's option names (not a field): sampling/reference_keys.py
 

@@ -229,26 +229,33 @@ class GenerationPlan:
     classes_restricted: bool            # num_classes < the model's
     decoding: dict = field(hash=False)  # Decoder.record(): output kind, VAE, normalisation
     vae_tag: Optional[str] = None       # the VAE when not the checkpoint's own
+    labels: str = "random"              # random (drawn per image) | balanced (image i: class i mod num_classes)
 
     @property
     def folder_name(self) -> str:
         """`{label}-step{S}-{fingerprint}-{weights}`, the sampling plan's parts, `seed{S}-n{N}-batch{b}`,
-        `cls{K}` when labels come from the first K classes, `vae-{name}` when the VAE is not the checkpoint's,
+        `cls{K}` when labels come from the first K classes, `balanced` for class-balanced labels, `vae-{name}` when the VAE is not the checkpoint's,
         e.g. elit-xl-step400000-3fa4c21b-ema-ode50-cfg4-gi0to1-ucb0.0625-b1-bf16-seed0-n50000-batch32."""
         parts = [self.label, f"step{self.step}", self.fingerprint, self.weights, *self.sampling.name_parts(),
                  f"seed{self.seed}", f"n{self.num_samples}", f"batch{self.batch_size}"]
         if self.classes_restricted:
             parts.append(f"cls{self.num_classes}")
+        if self.labels != "random":
+            parts.append(self.labels)
         if self.vae_tag:
             parts.append("vae-" + re.sub(r"[^A-Za-z0-9._+-]+", "_", self.vae_tag))
         return "-".join(parts)
 
     def settings(self) -> dict:
-        """What generation.json stores and a resumed run must match (plain JSON data, sorted keys)."""
+        """What generation.json stores and a resumed run must match (plain JSON data, sorted keys).
+
+        `labels` is recorded only when not the default, so folders written before the option still resume."""
+        extra = {} if self.labels == "random" else dict(labels=self.labels)
         return json.loads(json.dumps(dict(
             self.sampling.to_dict(), model=self.model, arch=self.arch, weights=self.weights,
             weights_sha256=self.fingerprint, step=self.step, seed=self.seed, num_samples=self.num_samples,
-            per_proc_batch_size=self.batch_size, num_classes=self.num_classes, **self.decoding), sort_keys=True))
+            per_proc_batch_size=self.batch_size, num_classes=self.num_classes, **extra, **self.decoding),
+            sort_keys=True))
 
 
 def resolve_generation(cfg, ck: SamplingCheckpoint, decoder: Decoder, device=None,
@@ -266,4 +273,5 @@ def resolve_generation(cfg, ck: SamplingCheckpoint, decoder: Decoder, device=Non
         sampling=sampling, model=model.arch["name"], arch=model.arch, label=ck.label, step=ck.step,
         fingerprint=ck.fingerprint, weights=cfg.weights, seed=cfg.seed, num_samples=cfg.num_samples,
         batch_size=cfg.per_proc_batch_size, num_classes=num_classes,
-        classes_restricted=num_classes != model.num_classes, decoding=decoder.record(), vae_tag=decoder.tag)
+        classes_restricted=num_classes != model.num_classes, decoding=decoder.record(), vae_tag=decoder.tag,
+        labels=cfg.labels)

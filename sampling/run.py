@@ -2,7 +2,9 @@
 
 Reproducibility. Image i has its own CPU generator seeded with `seed + i`, which draws, in this order, its
 noise (one tensor per `model.noise_shapes()` entry: DFM one per pyramid stage, coarsest first), its label
-(uniform over the first `num_classes` classes) and, for the SDE, its per-step noise. Global batch j always
+(uniform over the first `num_classes` classes) and, for the SDE, its per-step noise. With balanced labels
+(`--labels balanced`) image i's class is i mod num_classes instead; the label is still drawn (and
+discarded), so the noise of image i is the same under both modes. Global batch j always
 holds images [j*b, (j+1)*b) (b = per_proc_batch_size; the last one is padded with images N.. and cut), and
 rank r takes the batches j with j % world_size == r. The tensors a forward sees therefore never depend on the
 number of processes, on which process runs a batch, or on resuming: the .npz is byte-identical for 1 and N
@@ -68,16 +70,24 @@ def prepare_model(model, plan: SamplingPlan):
     return fast_inference(model) if plan.precision == "bf16fast" else model
 
 
+def balanced_labels(indices: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class-balanced labels: image i gets class i mod num_classes, (n,) int64 (a function of the index only)."""
+    return torch.as_tensor(list(indices), dtype=torch.long) % num_classes
+
+
 def sample_latents(model, plan: SamplingPlan, indices: Sequence[int], *, seed: int, num_classes: Optional[int] = None,
-                   labels: Optional[torch.Tensor] = None, device=None) -> torch.Tensor:
+                   labels: Optional[torch.Tensor] = None, device=None, balanced: bool = False) -> torch.Tensor:
     """Samples of images `indices` (model space: latents or pixels), (n, C, H, W) float32 on `device`.
 
-    Labels are drawn from the first `num_classes` classes (default all); `labels` ((n,) or one label for
-    all) replaces them, while they are still drawn so that the noise stream stays the same.
+    Labels are drawn from the first `num_classes` classes (default all), or with `balanced` are i mod
+    num_classes; `labels` ((n,) or one label for all) replaces them. Labels are drawn in every case, so the
+    noise stream stays the same.
     """
     device = torch.device(device if device is not None else "cpu")
     noise, drawn, sde_noise = draw_inputs(model, indices, seed, num_classes or model.num_classes,
                                           plan.steps.sde_steps)
+    if balanced and labels is None:
+        drawn = balanced_labels(indices, num_classes or model.num_classes)
     y = drawn if labels is None else torch.as_tensor(labels, dtype=torch.long).expand(len(indices))
     return run_sampler(model, plan, [n.to(device) for n in noise], y.to(device),
                        None if sde_noise is None else sde_noise.to(device))
@@ -85,15 +95,16 @@ def sample_latents(model, plan: SamplingPlan, indices: Sequence[int], *, seed: i
 
 def generate_images(model, plan: SamplingPlan, batches: Iterable[Sequence[int]], *, seed: int,
                     decode: Callable[[torch.Tensor], np.ndarray], num_classes: Optional[int] = None,
-                    labels: Optional[torch.Tensor] = None, device=None) -> Iterator[np.ndarray]:
+                    labels: Optional[torch.Tensor] = None, device=None, balanced: bool = False) -> Iterator[np.ndarray]:
     """For every batch of image indices, its images as uint8 (n, H, W, 3) numpy (`decode`: a sampling.load
-    Decoder). `labels`: None (drawn), one label for every image, or a tensor indexed by image index."""
+    Decoder). `labels`: None (drawn, or i mod num_classes with `balanced`), one label for every image, or a
+    tensor indexed by image index."""
     for indices in batches:
         y = labels
         if labels is not None and torch.as_tensor(labels).ndim:
             y = torch.as_tensor(labels)[torch.as_tensor(list(indices))]
         yield decode(sample_latents(model, plan, indices, seed=seed, num_classes=num_classes, labels=y,
-                                    device=device))
+                                    device=device, balanced=balanced))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -174,7 +185,8 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
         stopped = max_batches is not None and max_batches < len(todo)      # a partial run, resumed later
         todo = todo[:max_batches] if stopped else todo
         images = generate_images(model, gen.sampling, (batches.indices(j) for j in todo), seed=gen.seed,
-                                 decode=decoder, num_classes=gen.num_classes, device=device)
+                                 decode=decoder, num_classes=gen.num_classes, device=device,
+                                 balanced=gen.labels == "balanced")
         with tqdm(total=len(mine), initial=done, disable=not main_proc, unit="batch", file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for j, batch in zip(todo, images):

@@ -72,6 +72,8 @@ class RunOptions:
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("bf16", "autocast precision on GPU (CPU runs use fp32)")
     allow_tf32: bool = opt(True, "TF32 matmuls on Ampere+ GPUs")
     compile: bool = opt(False, "torch.compile the model")
+    gradient_checkpointing: bool = opt(False, "recompute each transformer block's activations in the backward "
+                                       "pass (less activation memory, ~1/3 more compute; results unchanged)")
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)")
     resume_step: int = opt(0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh")
     report_to: Literal["tensorboard", "wandb", "none"] = opt("tensorboard", "experiment tracker (offline-safe)")

@@ -116,6 +116,7 @@ class Trainer:
             self.encoder.to(self.device)
 
         # Model, EMA (fp32, eval mode, no grads), optimizer.
+        model.gradient_checkpointing = cfg.gradient_checkpointing        # run-time switch, not in `arch`
         model.to(self.device).train()
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         if cfg.compile:
