@@ -1,7 +1,7 @@
 """Sample images from a checkpoint: one process or torchrun/DDP -> a PNG folder + an ADM-compatible .npz.
 
     torchrun --nproc_per_node=8 generate.py --config experiments_updated/generation/elit_xl_256_cfg.yaml \\
-        --ckpt results/elit-xl/checkpoints/0400000.pt [--inference-budget 0.5] \\
+        --ckpt exps/elit-xl/checkpoints/0400000.pt [--inference-budget 0.5] \\
         [--unconditional-inference-budget 0.0625] [--autoguidance]
     python generate.py --ckpt CKPT --num-samples 1000 --cfg-scale 4        # one process, no process group
 
