@@ -190,7 +190,7 @@ def convert_reference(family: str, state_dict: dict, config: dict, name: str | N
 def load_reference_checkpoint(path: str) -> dict:
     """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else."""
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # tensors paged in when used
 
 
 def checkpoint_from_reference(ckpt: dict, source: str, entry: str = "ema", name: str | None = None,
@@ -224,8 +224,10 @@ def checkpoint_from_reference(ckpt: dict, source: str, entry: str = "ema", name:
             raise ValueError((str(e).strip().splitlines() or ["load_state_dict failed"])[-1].strip()) from None
     sd = model.state_dict()
     step = int(ckpt.get("steps", ckpt.get("step", 0)) or 0)
-    ours = {"model": sd, "ema": sd, "arch": model.arch, "step": step,
-            "config": {"converted_from": os.path.abspath(source), "entry": entry}}
+    config = {"converted_from": os.path.abspath(source), "entry": entry}
+    if ref_args.get("path_type") in ("linear", "cosine"):               # its interpolation path (sampling's SDE)
+        config["path_type"] = ref_args["path_type"]
+    ours = {"model": sd, "ema": sd, "arch": model.arch, "step": step, "config": config}
     return ours, inferred
 
 
