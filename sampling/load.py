@@ -93,12 +93,12 @@ def _reference_checkpoint(path: str) -> Optional[dict]:
 
 
 def read_checkpoint(path: str, weights: str = "ema", model: Optional[str] = None,
-                    resolution: Optional[int] = None) -> dict:
-    """Our checkpoint at `path`, or a reference checkpoint converted on load (its `weights` entry).
-
-    `model` / `resolution` (pixels): what to convert a reference checkpoint as when its args do not say."""
+                    resolution: Optional[int] = None) -> tuple[dict, Optional[str]]:
+    """(our checkpoint at `path`, or a reference checkpoint converted on load (its `weights` entry); a note saying
+    it was converted, or None). `model` / `resolution` (pixels): what to convert a reference checkpoint as when
+    its args do not say."""
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path), None
     except UserError:
         ref = _reference_checkpoint(path) if os.path.isfile(path) else None
         if ref is None:
@@ -111,11 +111,9 @@ def read_checkpoint(path: str, weights: str = "ema", model: Optional[str] = None
     except UserError as e:
         raise UserError(f"{e} (a reference checkpoint: convert it with `python -m models.convert --ckpt {path} "
                         f"--out CONVERTED.pt --model NAME --set KEY=VALUE ...`)") from None
-    if dist_env().rank == 0:
-        guessed = f"; inferred {', '.join(f'{k}={v}' for k, v in inferred.items())}" if inferred else ""
-        print(f"note: {path} is a reference checkpoint, converted on load to {ckpt['arch']['name']}{guessed} "
-              f"(python -m models.convert saves the conversion)", file=sys.stderr, flush=True)
-    return ckpt
+    guessed = f"; inferred {', '.join(f'{k}={v}' for k, v in inferred.items())}" if inferred else ""
+    return ckpt, (f"{path} is a reference checkpoint, converted on load to {ckpt['arch']['name']}{guessed} "
+                  "(python -m models.convert saves the conversion)")
 
 
 def load_for_sampling(path: str, weights: str = "ema", device="cpu", expected: Optional[dict] = None,
@@ -126,7 +124,8 @@ def load_for_sampling(path: str, weights: str = "ema", device="cpu", expected: O
     `expected`: `reference_expectations(cfg)` (None: nothing to check); `model` / `resolution`: what a reference
     checkpoint whose args lack them is converted as (defaults: `expected`'s model and resolution)."""
     expected = dict(expected or {})
-    ckpt = read_checkpoint(path, weights, model or expected.get("model"), resolution or expected.get("resolution"))
+    ckpt, converted = read_checkpoint(path, weights, model or expected.get("model"),
+                                      resolution or expected.get("resolution"))
     with user_errors(f"cannot rebuild the model of {path}: "):
         try:
             net = model_from_checkpoint(ckpt, weights)
@@ -140,6 +139,8 @@ def load_for_sampling(path: str, weights: str = "ema", device="cpu", expected: O
     path_type = str(config.get("path_type", "linear"))
     with user_errors(f"{path}: "):
         check_checkpoint_expectations(expected, net, path_type, image_resolution(net, meta))
+    if converted and dist_env().rank == 0:                  # after the checks: an error stays one line
+        print(f"note: {converted}", file=sys.stderr, flush=True)
     fingerprint = weights_fingerprint(ckpt[weights], ckpt["arch"])
     step = ckpt.get("step", 0)
     return SamplingCheckpoint(
