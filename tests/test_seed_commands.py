@@ -35,12 +35,13 @@ import elit_multibudget_inference
 import generate
 import train
 from conftest import FIXTURES, ROOT, script_env
+from dataio.dataset import resolve_data_dir
 from models import build_model
 from models.checkpoint import load_checkpoint
 from models.convert import main as convert_main
 from sampling.load import load_for_sampling
 from training import grids, trainer
-from utils.errors import run_main
+from utils.errors import UserError, run_main
 
 TINY = dict(hidden_size=32, depth=6, num_heads=2)                 # every family; ELIT head/tail default 2 + 2
 SHRINK_TRAIN = ["--max-train-steps", "2", "--global-batch-size", "4", "--sample-num-steps", "2", "--num-workers", "0"]
@@ -190,6 +191,20 @@ def test_data_lines_write_images_and_latents(work):
     assert latents["num_classes"] == 208                                 # every class folder, 16 of their images
 
 
+def test_data_dir_names_the_dataset_or_the_folder_holding_it(work):
+    assert resolve_data_dir("target") == os.path.join("target", "vae-sd")
+    assert resolve_data_dir("target/vae-sd") == "target/vae-sd"
+    os.makedirs("only-images")
+    os.symlink(os.path.abspath("target/images"), "only-images/images")
+    with pytest.raises(UserError, match="only images written by `convert`.*dataset_tools.py encode"):
+        resolve_data_dir("only-images")
+    os.makedirs("two")
+    for name in ("a", "b"):
+        os.symlink(os.path.abspath("target/vae-sd"), f"two/{name}")
+    with pytest.raises(UserError, match=r"several datasets \(a, b\)"):
+        resolve_data_dir("two")
+
+
 def test_training_lines_write_under_exps(work, trained):
     # 5 and 6: `exps/EXP/checkpoints/NNNNNNN.pt`, the path the README's generate lines read.
     for exp, model in (("elit-sit-xl-2-256px", "ELIT-SiT-XL/2"), ("elit_sit_b_256", "ELIT-SiT-B/2")):
@@ -253,7 +268,8 @@ def test_elit_on_a_small_grid_finishes_its_sample_grids(work):
     # Not a budget fraction: refused before any step.
     bad = error_line(in_process(train.main, ["--model", "ELIT-SiT-XL/8", "--exp-name", "small-grid-bad",
                                              "--data-dir", "target", "--sample-low-budget", "0", *SHRINK_TRAIN]))
-    assert "sample_low_budget must be a fraction in (0, 1]" in bad and not os.path.exists("exps/small-grid-bad/checkpoints")
+    assert "sample_low_budget must be a fraction in (0, 1]" in bad
+    assert not os.path.exists("exps/small-grid-bad/checkpoints")
 
 
 def test_grid_low_budget_is_clamped_to_the_lowest_level():
@@ -400,10 +416,16 @@ def test_reference_checkpoint_that_cannot_convert_points_to_the_converter(tmp_pa
                                                     str(tmp_path / "s")]))
     assert "does not name its model" in message and "python -m models.convert" in message
     assert "corrupt" not in message
+    # Args without the sizes: the registry's ELIT-SiT-S/2 does not fit the tiny weights -- one line, the converter.
+    reference_checkpoint(tmp_path / "sizes.pt", drop=("hidden_size", "depth", "num_heads"))
+    message = error_line(in_process(generate.main, ["--ckpt", str(tmp_path / "sizes.pt"), "--sample-dir",
+                                                    str(tmp_path / "s")]))
+    assert "cannot convert" in message and "ELIT-SiT-S/2" in message and "--set KEY=VALUE" in message
+    assert "corrupt" not in message and not os.path.exists(tmp_path / "s")
     # --model names it: converted on load (the expectation then holds).
+    vae = tiny_sd_vae(str(tmp_path / "v"))
     code, err = in_process(generate.main, ["--model", "ELIT-SiT-S/2", "--ckpt", str(tmp_path / "ref.pt"),
-                                           "--sample-dir", str(tmp_path / "s"), "--vae", tiny_sd_vae(str(tmp_path / "v")),
-                                           *SHRINK_GEN])
+                                           "--sample-dir", str(tmp_path / "s"), "--vae", vae, *SHRINK_GEN])
     assert code == 0, err
 
 
