@@ -38,7 +38,7 @@ from conftest import FIXTURES, ROOT, script_env
 from dataio.dataset import resolve_data_dir
 from models import build_model
 from models.checkpoint import load_checkpoint
-from models.convert import main as convert_main
+from models.convert import infer_elit_depths, main as convert_main
 from sampling.load import load_for_sampling
 from training import grids, trainer
 from utils.errors import UserError, run_main
@@ -392,6 +392,16 @@ def test_reference_checkpoint_loads_converted_with_inferred_depths(tmp_path):
         convert_main(["--ckpt", str(tmp_path / "ref.pt"), "--out", str(tmp_path / "ours.pt")])
     assert "elit_head_depth=2, elit_tail_depth=2" in out.getvalue()
     assert load_checkpoint(str(tmp_path / "ours.pt"))["arch"] == ck.model.arch
+
+
+def test_tail_depth_is_inferred_from_the_block_count():
+    # A real reference checkpoint saves encoder_depth (the head) but never dit_decoder_depth (the tail): the
+    # reference's factories fix it, 4 blocks for its 28-block XL, 2 for its 12-block B.
+    blocks = lambda n: {f"blocks.{i}.attn.qkv.weight": torch.zeros(1) for i in range(n)}    # noqa: E731
+    assert infer_elit_depths(blocks(28), {"elit_head_depth": 8}) == {"elit_tail_depth": 4}
+    assert infer_elit_depths(blocks(12), {"elit_head_depth": 4}) == {"elit_tail_depth": 2}
+    assert infer_elit_depths(blocks(28), {}) == {"elit_head_depth": 4, "elit_tail_depth": 4}
+    assert infer_elit_depths(blocks(28), {"elit_head_depth": 8, "elit_tail_depth": 2}) == {}
 
 
 def test_reference_checkpoint_straight_into_generate_and_multibudget(tmp_path):
