@@ -15,6 +15,7 @@ training YAML's own exp_name gives, `exps/elit_sit_b_256`. Flags added to shrink
 `--vae LOCAL_DIR` for encode (offline, as the README's encode line alone is a clear error).
 """
 
+import argparse
 import contextlib
 import glob
 import io
@@ -360,7 +361,6 @@ def test_eval_script(work, trained):
 def reference_checkpoint(path, drop=("encoder_depth", "dit_decoder_depth"), **extra):
     """The tiny ELIT reference fixture saved as the reference's train.py saves (args: an argparse.Namespace),
     without the saved args in `drop` (real reference checkpoints never save dit_decoder_depth)."""
-    import argparse
     fx = torch.load(os.path.join(FIXTURES, "upstream_elit_shared.pt"), map_location="cpu", weights_only=False)
     kw = fx["upstream_kwargs"]
     args = dict(model="ELIT-SiT-S/2", resolution=8 * kw["input_size"], path_type="linear", **{
