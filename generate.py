@@ -1,12 +1,16 @@
 """Sample images from a checkpoint: one process or torchrun/DDP -> a PNG folder + an ADM-compatible .npz.
 
     torchrun --nproc_per_node=8 generate.py --config experiments_updated/generation/elit_xl_256_cfg.yaml \\
-        --ckpt results/elit-xl/checkpoints/0400000.pt [--inference-budget 0.5] \\
+        --ckpt exps/elit-xl/checkpoints/0400000.pt [--inference-budget 0.5] \\
         [--unconditional-inference-budget 0.0625] [--autoguidance]
+    torchrun --nproc_per_node=8 generate.py --model ELIT-SiT-XL/2 --ckpt exps/elit-xl/checkpoints/0400000.pt
     python generate.py --ckpt CKPT --num-samples 1000 --cfg-scale 4        # one process, no process group
 
-The model and its decoding come from the checkpoint alone (sampling/load.py). Image i has its own seed
-(seed + i), so the .npz is byte-identical for 1 and N processes and after resuming (sampling/run.py).
+The model and its decoding come from the checkpoint alone (sampling/load.py). Architecture values given anyway
+(`--model`, or `path_type` / `resolution` in a reference generation YAML) are checked against the checkpoint: a
+mismatch is one line. A checkpoint of the public reference implementation is converted on load (or one line
+points to `python -m models.convert`). Image i has its own seed (seed + i), so the .npz is byte-identical for
+1 and N processes and after resuming (sampling/run.py).
 
 Output. `sample_dir/NAME/` with NAME encoding the checkpoint and every sampling knob (sampling/plan.py), e.g.
     elit-xl-step400000-3fa4c21b-ema-ode50-cfg4-gi0to1-ucb0.0625-b1-bf16-seed0-n50000-batch32

@@ -106,12 +106,45 @@ class ArrayDataset(Dataset):
         return self.__getitems__([index])[0]
 
 
+def resolve_data_dir(data_dir: str) -> str:
+    """The dataset folder `data_dir` names: itself if it holds a dataset.json, else its one trainable subfolder.
+
+    The public reference's README passes TARGET_PATH, the folder holding `images/` (written by `convert`) and
+    `vae-sd/` (written by `encode`), as the data folder: its one latent or pixel subfolder is the dataset then.
+    Several trainable subfolders are ambiguous and refused, naming them; a folder with none is left to
+    `read_meta`'s error (with a hint when it holds only `convert` images).
+    """
+    if not os.path.isdir(data_dir) or os.path.isfile(os.path.join(data_dir, META_FILE)):
+        return data_dir
+    trainable, images = [], []
+    for name in sorted(os.listdir(data_dir)):
+        sub = os.path.join(data_dir, name)
+        if not os.path.isfile(os.path.join(sub, META_FILE)):
+            continue
+        try:
+            kind = read_meta(sub)["kind"]
+        except UserError:
+            continue
+        (trainable if kind in KINDS else images).append(name)
+    if len(trainable) == 1:
+        return os.path.join(data_dir, trainable[0])
+    if trainable:
+        raise UserError(f"{data_dir} holds several datasets ({', '.join(trainable)}): pass one of them as data_dir")
+    if images:
+        raise UserError(f"{data_dir} holds only images written by `convert` ({', '.join(images)}), no latents: "
+                        f"python dataset_tools.py encode --source {os.path.join(data_dir, images[0])} "
+                        f"--dest {os.path.join(data_dir, 'vae-sd')}")
+    return data_dir
+
+
 def load_dataset(data_dir: str, with_images: bool = False) -> ArrayDataset:
-    """The dataset in `data_dir` (latents or pixels); checks metadata and array files up front.
+    """The dataset in `data_dir` (latents or pixels; or a folder holding one, see `resolve_data_dir`); checks
+    metadata and array files up front.
 
     `with_images` (REPA): latent items also carry `image`, uint8 (3, H, W), read from the `convert` folder the
     latents were encoded from (the metadata's `source`); pixel items are images already.
     """
+    data_dir = resolve_data_dir(data_dir)
     meta = read_meta(data_dir)
     if meta["kind"] not in KINDS:
         raise UserError(f"{data_dir}: {not_trainable(meta)}")

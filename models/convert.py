@@ -23,6 +23,12 @@ Plain state dicts (the public SiT-XL/2 of willisma/SiT, the public REPA SiT-XL/2
 of ours) go through `models/layouts.py` (the layout table, SiT's sigma half and time direction): the model is
 inferred from the keys and shapes unless --model / --set say otherwise (`convert_state_dict`).
 
+ELIT head / tail depths. The reference's head is its `encoder_depth` argument (saved in the checkpoint's args);
+its tail ("dit_decoder_depth") is fixed by its model factories and never saved: 2 blocks for its 12-block S/B
+models, 4 for L/XL (snap-research/elit, models/sit_elit.py), the same rule as `ELITSiT.default_edge_depth`.
+When the args lack them, the depth is counted in the state dict (`blocks.N`) and that rule gives the tail (and,
+without encoder_depth, the head, as the factories' `dit_encoder_depth`); `--set` overrides either.
+
 Command line (a reference checkpoint -> a checkpoint our scripts load):
     python -m models.convert --ckpt ref/0400000.pt --model ELIT-SiT-XL/2 --resolution 256 --out converted.pt
     python -m models.convert --ckpt SiT-XL-2-256x256.pt --out sit_xl.pt            # public SiT: all inferred
@@ -37,6 +43,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -62,8 +69,22 @@ class FamilyConversion:
 
     reference_names: dict = field(default_factory=dict)  # reference constructor / argparse name -> our setting
     defaults: dict = field(default_factory=dict)         # settings the reference layout implies, unless given
-    required: tuple = ()                                 # settings the checkpoint's args must give
-    required_hint: str = ""                              # the UserError when one of them is missing
+    infer: Optional[Callable[[dict, dict], dict]] = None  # (state dict, settings) -> the settings it implies
+
+
+def state_dict_depth(state_dict: dict) -> int:
+    """The number of transformer blocks of a (reference or our) state dict: 1 + the largest N of `blocks.N.*`."""
+    found = [int(m.group(1)) for m in map(re.compile(r"^blocks\.(\d+)\.").match, state_dict) if m]
+    if not found:
+        raise ValueError("the state dict has no transformer blocks (no 'blocks.N.' keys): not a SiT-family model")
+    return max(found) + 1
+
+
+def infer_elit_depths(state_dict: dict, settings: dict) -> dict:
+    """The ELIT head / tail depths `settings` lacks, from the state dict's depth by the reference's factory rule
+    (module docstring): tail (and head, without encoder_depth) 2 blocks for depth <= 12, else 4."""
+    edge = ELITSiT.default_edge_depth(state_dict_depth(state_dict))
+    return {key: edge for key in ("elit_head_depth", "elit_tail_depth") if key not in settings}
 
 
 # Keyed by model class; a family name finds its entry through the registry: CONVERSIONS[FAMILIES[family]].
@@ -74,10 +95,7 @@ CONVERSIONS = {
         reference_names={"encoder_depth": "elit_head_depth", "dit_decoder_depth": "elit_tail_depth",
                          "group_size": "elit_group_size"},
         defaults={"elit_write_dropped_latents": True},     # the reference's Write attends to every slot
-        required=("elit_head_depth", "elit_tail_depth"),
-        required_hint="the checkpoint's args do not give the ELIT head/tail depths (encoder_depth, "
-                      "dit_decoder_depth): pass --set elit_head_depth=N elit_tail_depth=M (the reference's "
-                      "XL layout is 8 and 4)"),
+        infer=infer_elit_depths),
     DFMSiT: FamilyConversion(reference_names={"num_scales": "dfm_stages"}),
 }
 
@@ -226,7 +244,45 @@ def convert_state_dict(state_dict: dict, name: str | None = None, settings: dict
 def load_reference_checkpoint(path: str) -> dict:
     """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else."""
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # tensors paged in when used
+
+
+def checkpoint_from_reference(ckpt: dict, source: str, entry: str = "ema", name: str | None = None,
+                              resolution: int | None = None, settings: dict | None = None) -> tuple[dict, dict]:
+    """A loaded reference checkpoint -> (our checkpoint dict, the settings inferred from its state dict).
+
+    `name` (default: its args.model), `resolution` in pixels (default: args.resolution) and `settings` (our
+    vocabulary, e.g. {"elit_head_depth": 8}) override what its args say. UserError when it cannot be converted.
+    """
+    if entry not in ckpt:
+        raise UserError(f"{source} has no '{entry}' entry (has: {', '.join(map(str, ckpt))})")
+    state_dict = ckpt[entry]
+    ref_args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}
+    name = name or ref_args.get("model")
+    if not name:
+        raise UserError(f"{source} does not name its model: pass --model (e.g. ELIT-SiT-XL/2)")
+    with user_errors(f"{source}: "):
+        family, _, _ = parse_model_name(name)
+    cfg = config_from_reference(family, ref_args)
+    if resolution:
+        cfg["input_size"] = resolution // REFERENCE_LATENT_FACTOR
+    if "encoder_depth" in ref_args and any(k.startswith("projectors.") for k in state_dict):
+        cfg["repa_depth"] = ref_args["encoder_depth"]
+    cfg.update(settings or {})
+    conversion = CONVERSIONS[FAMILIES[family]]
+    with user_errors(f"cannot convert {source} to {name}: "):
+        inferred = conversion.infer(state_dict, cfg) if conversion.infer else {}
+        try:
+            model = convert_reference(family, state_dict, {**cfg, **inferred}, name=name)
+        except RuntimeError as e:                       # a tensor of the wrong shape for the model built
+            raise ValueError((str(e).strip().splitlines() or ["load_state_dict failed"])[-1].strip()) from None
+    sd = model.state_dict()
+    step = int(ckpt.get("steps", ckpt.get("step", 0)) or 0)
+    config = {"converted_from": os.path.abspath(source), "entry": entry}
+    if ref_args.get("path_type") in ("linear", "cosine"):               # its interpolation path (sampling's SDE)
+        config["path_type"] = ref_args["path_type"]
+    ours = {"model": sd, "ema": sd, "arch": model.arch, "step": step, "config": config}
+    return ours, inferred
 
 
 def main(argv=None) -> None:
@@ -262,31 +318,16 @@ def main(argv=None) -> None:
                          "config": {"converted_from": os.path.abspath(args.ckpt), "layout": layout}}, args.out)
             print(f"wrote {args.out} ({model.arch['name']}, {LAYOUTS[layout].source})")
             return
-        if args.entry not in ckpt:
-            raise UserError(f"{args.ckpt} has no '{args.entry}' entry (has: {', '.join(map(str, ckpt))})")
-        ref_args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}
-        name = args.model or ref_args.get("model")
-        if not name:
-            raise UserError("pass --model: the checkpoint does not name its model")
-        family, _, _ = parse_model_name(name)
-        cfg = config_from_reference(family, ref_args)
-        if args.resolution:
-            cfg["input_size"] = args.resolution // REFERENCE_LATENT_FACTOR
-        if "encoder_depth" in ref_args and any(k.startswith("projectors.") for k in ckpt[args.entry]):
-            cfg["repa_depth"] = ref_args["encoder_depth"]
+        settings = {}
         for item in args.set:
             key, _, value = item.partition("=")
-            cfg[key] = eval_literal(value)
-        conversion = CONVERSIONS[FAMILIES[family]]
-        if not set(conversion.required) <= set(cfg):
-            raise UserError(conversion.required_hint)
-        with user_errors():
-            model = convert_reference(family, ckpt[args.entry], cfg, name=name)
-        sd = model.state_dict()
-        step = int(ckpt.get("steps", ckpt.get("step", 0)) or 0)
-        atomic_save({"model": sd, "ema": sd, "arch": model.arch, "step": step,
-                     "config": {"converted_from": os.path.abspath(args.ckpt), "entry": args.entry}}, args.out)
-        print(f"wrote {args.out} ({model.arch['name']})")
+            settings[key] = eval_literal(value)
+        ours, inferred = checkpoint_from_reference(ckpt, args.ckpt, args.entry,
+                                                   args.model, args.resolution, settings)
+        if inferred:
+            print("inferred from the state dict: " + ", ".join(f"{k}={v}" for k, v in inferred.items()))
+        atomic_save(ours, args.out)
+        print(f"wrote {args.out} ({ours['arch']['name']})")
 
     run_main(lambda: run(p.parse_args(argv)))
 

@@ -5,6 +5,16 @@ dataset's record stored in the checkpoint builds the codec (`dataio/codec.py`: p
 latents with their VAE and normalisation). A checkpoint without one (converted from the reference) gets the
 explicit SD-VAE record (`checkpoint_record`), decoded with `--vae` and that VAE's own scaling factor.
 Nothing in sampling/ asks "pixels or latents": `Decoder` asks the codec.
+
+Reference checkpoints (the public reference's `{model, ema, opt, args, steps}`, its argparse Namespace loaded
+through models.convert's allow-list, never weights_only=False) are converted on load, as
+`python -m models.convert` would: the architecture from their args (or the `--model` / `--resolution` the user
+gave, when the args lack them), ELIT head/tail depths inferred from the state dict when the args lack them;
+one line says so. One that cannot be converted is one line pointing to the converter's `--set`, never "corrupt".
+
+Expectations. Architecture values the user gave in the reference's vocabulary (generate's `--model`,
+`path_type` or `resolution` of a reference YAML, ...: `utils.cli.reference_expectations(cfg)`) are checked
+against the loaded checkpoint (`check_checkpoint_expectations`): a mismatch is one line, before any sampling.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import sys
+import zipfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,7 +33,10 @@ import torch
 
 from dataio.codec import Codec, checkpoint_record
 from models.checkpoint import model_from_checkpoint
-from models.export import read_checkpoint
+from models.convert import checkpoint_from_reference, load_reference_checkpoint
+from models.export import read_checkpoint as read_ours
+from sampling.distributed import dist_env
+from sampling.reference_keys import check_checkpoint_expectations
 from utils.errors import UserError, user_errors
 
 
@@ -62,26 +77,77 @@ def checkpoint_label(path: str, config) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", label)
 
 
-def load_for_sampling(path: str, weights: str = "ema", device="cpu") -> SamplingCheckpoint:
-    """Load a checkpoint (UserError when missing/corrupt), rebuild its model in eval mode on `device`.
+def _reference_checkpoint(path: str) -> Optional[dict]:
+    """The checkpoint at `path` if it is one of the public reference's (its layout, no `arch`), else None."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        ckpt = load_reference_checkpoint(path)          # allow-list: argparse.Namespace and plain data only
+    except Exception:                                   # other pickled classes, truncated files: not ours to say
+        return None
+    if not isinstance(ckpt, dict) or "arch" in ckpt:
+        return None
+    state = next((ckpt[k] for k in ("ema", "model") if isinstance(ckpt.get(k), dict)), None)
+    if state is None or not any(k == "pos_embed" or k.startswith("x_embedder.") for k in state):
+        return None
+    return ckpt
 
-    `path` may also be an export (safetensors, models/export.py) or a public SiT/REPA state dict."""
-    ckpt = read_checkpoint(path)
+
+def read_checkpoint(path: str, weights: str = "ema", model: Optional[str] = None,
+                    resolution: Optional[int] = None) -> tuple[dict, Optional[str]]:
+    """(our checkpoint at `path`, or a reference checkpoint converted on load (its `weights` entry); a note saying
+    it was converted, or None). `model` / `resolution` (pixels): what to convert a reference checkpoint as when
+    its args do not say."""
+    try:
+        return read_ours(path), None        # ours, an export (safetensors), or a public SiT/REPA state dict
+    except UserError:
+        ref = _reference_checkpoint(path) if os.path.isfile(path) else None
+        if ref is None:
+            raise
+    args = ref.get("args")
+    name = getattr(args, "model", None) or model
+    pixels = getattr(args, "resolution", None) or resolution
+    try:
+        ckpt, inferred = checkpoint_from_reference(ref, path, weights, name, pixels)
+    except UserError as e:
+        raise UserError(f"{e} (a reference checkpoint: convert it with `python -m models.convert --ckpt {path} "
+                        f"--out CONVERTED.pt --model NAME --set KEY=VALUE ...`)") from None
+    guessed = f"; inferred {', '.join(f'{k}={v}' for k, v in inferred.items())}" if inferred else ""
+    return ckpt, (f"{path} is a reference checkpoint, converted on load to {ckpt['arch']['name']}{guessed} "
+                  "(python -m models.convert saves the conversion)")
+
+
+def load_for_sampling(path: str, weights: str = "ema", device="cpu", expected: Optional[dict] = None,
+                      model: Optional[str] = None, resolution: Optional[int] = None) -> SamplingCheckpoint:
+    """Load a checkpoint (ours, an export, a public SiT/REPA state dict, or a reference one converted on load;
+    UserError when missing/corrupt), rebuild its model in eval mode on `device`, and check the user's `expected`
+    architecture values against it.
+
+    `expected`: `reference_expectations(cfg)` (None: nothing to check); `model` / `resolution`: what a reference
+    checkpoint whose args lack them is converted as (defaults: `expected`'s model and resolution)."""
+    expected = dict(expected or {})
+    ckpt, converted = read_checkpoint(path, weights, model or expected.get("model"),
+                                      resolution or expected.get("resolution"))
     with user_errors(f"cannot rebuild the model of {path}: "):
         try:
-            model = model_from_checkpoint(ckpt, weights)
+            net = model_from_checkpoint(ckpt, weights)
         except RuntimeError as e:                         # strict load_state_dict: missing/unexpected/mis-shaped
             raise UserError(f"{path}: its '{weights}' weights do not fit its architecture "
                             f"({str(e).strip().splitlines()[0] if str(e).strip() else 'load_state_dict failed'})")
-    meta = checkpoint_record(ckpt.get("dataset"), model)
+    meta = checkpoint_record(ckpt.get("dataset"), net)
     with user_errors(f"{path}: "):
-        Codec.from_record(meta).check_fits(model.input_size, model.in_channels, model.arch["name"])
+        Codec.from_record(meta).check_fits(net.input_size, net.in_channels, net.arch["name"])
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    path_type = str(config.get("path_type", "linear"))
+    with user_errors(f"{path}: "):
+        check_checkpoint_expectations(expected, net, path_type, image_resolution(net, meta))
+    if converted and dist_env().rank == 0:                  # after the checks: an error stays one line
+        print(f"note: {converted}", file=sys.stderr, flush=True)
     fingerprint = weights_fingerprint(ckpt[weights], ckpt["arch"])
     step = ckpt.get("step", 0)
     return SamplingCheckpoint(
-        model=model.to(device).requires_grad_(False), dataset_meta=meta,
-        path_type=str(config.get("path_type", "linear")), step=int(step) if isinstance(step, int) else 0,
+        model=net.to(device).requires_grad_(False), dataset_meta=meta,
+        path_type=path_type, step=int(step) if isinstance(step, int) else 0,
         label=checkpoint_label(os.path.normpath(path), config), fingerprint=fingerprint, path=os.path.abspath(path))
 
 

@@ -41,7 +41,7 @@ from sampling.options import InferenceConfig
 from sampling.plan import Budgets, resolve_plan
 from sampling.run import draw_inputs, prepare_model, run_sampler, sample_latents
 from utils.atomic import atomic_write, write_json
-from utils.cli import to_dict
+from utils.cli import reference_expectations, to_dict
 from utils.device import allow_tf32, pick_device
 from utils.errors import UserError, user_errors
 from utils.plots import plot_grid, pyplot, savefig
@@ -67,7 +67,8 @@ def load_model(cfg: InferenceConfig, device):
     """(model, SamplingCheckpoint or None): from `ckpt` (checked against `model` / `resolution`), or a
     random-init `model` at `resolution`."""
     if cfg.ckpt:
-        ck = load_for_sampling(cfg.ckpt, cfg.weights, device)
+        ck = load_for_sampling(cfg.ckpt, cfg.weights, device, expected=reference_expectations(cfg), model=cfg.model,
+                               resolution=cfg.resolution)
         name = ck.model.arch["name"]
         if cfg.model and cfg.model != name:
             raise UserError(f"--model {cfg.model} does not match the checkpoint's model {name}")

@@ -32,7 +32,7 @@ from sampling.options import GenerateConfig
 from sampling.plan import SamplingPlan, resolve_generation
 from sampling.shards import Batches, read_npz_shape
 from utils.atomic import write_json
-from utils.cli import to_dict
+from utils.cli import reference_expectations, to_dict
 from utils.device import allow_tf32, pick_device
 from utils.errors import UserError
 
@@ -144,7 +144,7 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
     device = pick_device(cfg.device, env.local_rank)
     allow_tf32(device)
 
-    ck = load_for_sampling(cfg.ckpt, cfg.weights, device)
+    ck = load_for_sampling(cfg.ckpt, cfg.weights, device, expected=reference_expectations(cfg))
     decoder = Decoder(ck.dataset_meta, cfg.vae)
     gen = resolve_generation(cfg, ck, decoder, device, warn=note)
     folder = os.path.join(cfg.sample_dir, gen.folder_name)

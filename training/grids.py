@@ -3,6 +3,11 @@
 Every grid samples the same noise (seeded by the run's seed) and labels 0, 1, ... mod num_classes at the full
 budget; a model with budget levels also gets a grid at the run's low budget (`..._budget0.25.png`).
 
+The low budget is checked against the model before training starts (`grid_low_budget`): a fraction below the
+model's lowest level (e.g. the default 0.25 with 9 latents per window is fine, with 1 it keeps none) is raised
+to that level, a model whose only level is the full budget gets no low grid, and either is said in one log
+line; a value that is no budget fraction at all (<= 0 or > 1) is refused then, not after the last step.
+
     paths = write_sample_grids(ema, folder, step, decode, seed=0, low_budget=0.25, device=device,
                                num_steps=50, cfg_scale=4.0, path_type="linear", autocast_dtype=None)
 """
@@ -16,6 +21,26 @@ import torch
 
 from dataio.writers import save_grid
 from samplers import sample_model
+from utils.errors import UserError
+
+
+def grid_low_budget(model, low_budget: float) -> tuple[Optional[float], Optional[str]]:
+    """(the low budget the grids use, or None for no low grid; a note for the log, or None).
+
+    `low_budget` is the run's sample_low_budget, a fraction of each window's latents; models without budget
+    levels have no low grid (and no note)."""
+    levels = list(model.budget_levels)
+    if not levels:
+        return None, None
+    if not 0 < low_budget <= 1:
+        raise UserError(f"sample_low_budget must be a fraction in (0, 1] of the latents, got {low_budget:g}")
+    lowest = levels[0]
+    if low_budget >= lowest - 1e-9:
+        return low_budget, None
+    what = f"sample_low_budget {low_budget:g} keeps no latent of a window of {len(levels)}"
+    if lowest >= 1:
+        return None, f"{what}: the model has only the full budget, so no low-budget sample grid is written"
+    return lowest, f"{what}: the low-budget sample grids use the lowest level, {lowest:g} (1/{len(levels)})"
 
 
 def grid_noise(model, n: int, seed: int) -> list[torch.Tensor]:
@@ -32,13 +57,15 @@ def grid_noise(model, n: int, seed: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def write_sample_grids(ema, folder: str, step: int, decode: Callable[[torch.Tensor], torch.Tensor], *,
-                       seed: int, low_budget: float, device, n: int = 16, num_steps: int, cfg_scale: float,
-                       path_type: str, autocast_dtype: Optional[torch.dtype]) -> list[str]:
-    """Sample the grids of `step` with the EMA model, `decode` them to uint8 (N, H, W, 3), save folder/NNNNNNN*.png."""
+                       seed: int, low_budget: Optional[float], device, n: int = 16, num_steps: int,
+                       cfg_scale: float, path_type: str, autocast_dtype: Optional[torch.dtype]) -> list[str]:
+    """Sample the grids of `step` with the EMA model, `decode` them to uint8 (N, H, W, 3), save folder/NNNNNNN*.png.
+
+    `low_budget`: the budget of the second grid (`grid_low_budget`'s choice), None for none."""
     noise = [x.to(device) for x in grid_noise(ema, n, seed)]
     y = (torch.arange(n) % ema.num_classes).to(device)
     paths = []
-    for budget in [None, low_budget] if ema.budget_levels else [None]:
+    for budget in [None] + ([low_budget] if low_budget is not None and ema.budget_levels else []):
         x = sample_model(ema, noise, y, num_steps=num_steps, cfg_scale=cfg_scale, path_type=path_type,
                          budget=budget, autocast_dtype=autocast_dtype)
         name = f"{step:07d}" + ("" if budget is None else f"_budget{budget:g}") + ".png"

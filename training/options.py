@@ -30,7 +30,8 @@ class ModelOptions:
 
 @dataclass
 class DataOptions:
-    data_dir: Optional[str] = opt(None, "dataset folder written by dataset_tools.py (latents or pixels)")
+    data_dir: Optional[str] = opt(None, "dataset folder written by dataset_tools.py (latents or pixels), or the folder "
+                                     "holding it (the reference README's TARGET_PATH with images/ and vae-sd/)")
     num_workers: int = opt(2, "data-loader worker processes per GPU")
 
 
@@ -67,7 +68,7 @@ class OptimOptions:
 @dataclass
 class RunOptions:
     exp_name: str = opt("run", "experiment name: outputs go to OUTPUT_DIR/EXP_NAME")
-    output_dir: str = opt("results", "folder holding experiment folders")
+    output_dir: str = opt("exps", "folder holding experiment folders (the reference's default)")
     seed: int = opt(0, "global seed")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("bf16", "autocast precision on GPU (CPU runs use fp32)")
     allow_tf32: bool = opt(True, "TF32 matmuls on Ampere+ GPUs")

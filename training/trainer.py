@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import time
 from typing import Iterator, Optional
 
@@ -43,7 +44,7 @@ from dataio.loader import StepBatchSampler, make_loader
 from loss import OBJECTIVES, slice_draws
 from models import build_model
 from models.checkpoint import atomic_save, latest_checkpoint
-from training.grids import write_sample_grids
+from training.grids import grid_low_budget, write_sample_grids
 from training.options import TrainConfig, model_overrides
 from training.repa import load_repa_encoder, target_features
 from training.state import checkpoint_state, restore_state, step_seed
@@ -93,6 +94,8 @@ class Trainer:
         # The family's objective checks its options now; per step it draws the condition (budget, stage) and noise.
         self.objective = OBJECTIVES[model.family].from_options(cfg, model)
         self.loss_fn = self.objective                   # the per-micro-batch loss (tests wrap it to watch or poison it)
+        # The grids' low budget, checked now rather than after the last step (clamped or refused; training/grids.py).
+        self.grid_low_budget, self.grid_note = grid_low_budget(model, cfg.sample_low_budget)
 
         # A model that may leave parameters without gradient on a step (DFM: the stages above the drawn one)
         # needs DDP to look for them.
@@ -154,8 +157,9 @@ class Trainer:
         existing = latest_checkpoint(self.ckpt_dir)
         if cfg.resume_step == 0:
             if existing is not None:
-                raise UserError(f"{self.exp_dir} already holds checkpoints: pass --resume-step -1 to resume the "
-                                f"latest, or choose another --exp-name")
+                raise UserError(f"{self.exp_dir} already holds checkpoints of an earlier run (latest "
+                                f"{os.path.basename(existing)}): pass --resume-step -1 to continue it, or "
+                                f"--exp-name NEW_NAME to start a new run beside it")
             return
         path = existing if cfg.resume_step < 0 else os.path.join(self.ckpt_dir, f"{cfg.resume_step:07d}.pt")
         if path is None:
@@ -278,7 +282,7 @@ class Trainer:
                 cfg = self.cfg
                 dtype = torch.bfloat16 if self.device.type == "cuda" and cfg.mixed_precision == "bf16" else None
                 paths = write_sample_grids(self.ema, os.path.join(self.exp_dir, "samples"), self.step, self.decode,
-                                           seed=cfg.seed, low_budget=cfg.sample_low_budget, device=self.device,
+                                           seed=cfg.seed, low_budget=self.grid_low_budget, device=self.device,
                                            n=n, num_steps=cfg.sample_num_steps, cfg_scale=cfg.sample_cfg_scale,
                                            path_type=cfg.path_type, autocast_dtype=dtype)
         self.accelerator.wait_for_everyone()
@@ -299,7 +303,11 @@ class Trainer:
             n_params = sum(p.numel() for p in self.params)
             self.log(f"{cfg.model}: {n_params / 1e6:.1f}M parameters, {self.world} process(es), global batch "
                      f"{cfg.global_batch_size} = {self.world} x {cfg.gradient_accumulation_steps} x {self.micro}, "
-                     f"data {cfg.data_dir} ({self.codec.kind}, {len(self.dataset)} items)")
+                     f"data {getattr(self.dataset, 'data_dir', cfg.data_dir)} ({self.codec.kind}, "
+                     f"{len(self.dataset)} items)")
+            if self.grid_note:                                          # also on the console: it changes outputs
+                self.log(self.grid_note)
+                print(f"note: {self.grid_note}", file=sys.stderr, flush=True)
         acc.init_trackers(cfg.exp_name.replace("/", "_"), config={k: v for k, v in to_dict(cfg).items()
                                                                   if isinstance(v, (int, float, str, bool))})
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
