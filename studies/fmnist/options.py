@@ -29,8 +29,8 @@ PRESETS = {  # values of the options left at None, per mode
                  heldout_items=2000, num_reference=None, latency_repeats=10, classifier_epochs=4,
                  classifier_items=None),
     "smoke": dict(steps=10, global_batch_size=8, learning_rate=1e-3, warmup_steps=0, ema_decay=0.5, log_every=2,
-                  curve_samples=20, num_samples=40, sample_batch_size=20, sampling_steps=3, heldout_items=16,
-                  num_reference=200, latency_repeats=2, classifier_epochs=2, classifier_items=512),
+                  curve_samples=20, num_samples=40, sample_batch_size=20, sampling_steps=2, heldout_items=16,
+                  num_reference=200, latency_repeats=1, classifier_epochs=1, classifier_items=512),
 }
 SMOKE_MODEL = dict(hidden_size=32, depth=4, num_heads=2)       # registry sizes overridden in smoke mode
 SMOKE_ELIT = dict(elit_head_depth=1, elit_tail_depth=1)        # ... and, for the ELIT models, head/tail depth
@@ -82,14 +82,14 @@ class FashionMnistStudyConfig:
     curve_samples: Optional[int] = opt(None, "images per curve point but the last (full: 1000; smoke: 20)")
     num_samples: Optional[int] = opt(None, "images per final configuration and final curve point (full: 2000; smoke: 40)")
     sample_batch_size: Optional[int] = opt(None, "images per sampler call and latency batch (full: 500; smoke: 20)")
-    sampling_steps: Optional[int] = opt(None, "Euler ODE steps (full: 50; smoke: 3)")
+    sampling_steps: Optional[int] = opt(None, "Euler ODE steps (full: 50; smoke: 2)")
     heldout_items: Optional[int] = opt(None, "test images of the held-out loss (full: 2000; smoke: 16)")
     num_reference: Optional[int] = opt(None, "test images of the reference statistics (full: all 10000; smoke: 200)")
-    latency_repeats: Optional[int] = opt(None, "timed calls per configuration, after warm-up (full: 10; smoke: 2)")
+    latency_repeats: Optional[int] = opt(None, "timed calls per configuration, after warm-up (full: 10; smoke: 1)")
     budgets: list[float] = opt([1.0, 0.5, 0.25, 0.125, 0.0625], "budgets of the multibudget model, no guidance")
     guidance_scale: float = opt(1.5, "scale of the CFG / cheap CFG / autoguidance rows")
     guidance_budget: float = opt(0.0625, "budget of the cheap pass of cheap CFG and autoguidance")
-    classifier_epochs: Optional[int] = opt(None, "classifier epochs (full: 4; smoke: 2)")
+    classifier_epochs: Optional[int] = opt(None, "classifier epochs (full: 4; smoke: 1)")
     classifier_items: Optional[int] = opt(None, "classifier training images (full: all; smoke: 512)")
     seed: int = opt(0, "seed of initialisation, batches, noise, held-out draws and per-image sampling seeds")
     device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available; smoke: cpu)")
