@@ -133,7 +133,15 @@ def _run(key, images, labels, **over):
                     torch.device("cpu"), model_kwargs=kwargs)
 
 
-def test_fast_loop_draws_identical_batches_and_warm_up_leaves_no_trace():
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()          # tiny models: threads only contend on shared CPUs
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fast_loop_draws_identical_batches_and_warm_up_leaves_no_trace(one_thread):
     torch.manual_seed(1)
     images, labels = torch.randint(0, 256, (30, 1, 32, 32), dtype=torch.uint8), torch.arange(30) % 10
     a, b = _run("sit", images, labels), _run("elit_multi", images, labels)

@@ -50,6 +50,7 @@ class ModelRun:
         self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)   # before compile: stays eager
         self.compiled = "eager"
+        self.allow_compile = True
         self.reset()
 
     # ------------------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class ModelRun:
                     self.train_step(b, g, lr=0.0)
             self.sync()
 
-        if self.device.type == "cuda" and self.cfg.compile:
+        if self.device.type == "cuda" and self.cfg.compile and self.allow_compile:
             try:
                 self.compile(log)
                 run_warm()

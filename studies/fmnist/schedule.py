@@ -24,6 +24,7 @@ from studies.fmnist.state import Study
 SAFETY = 1.15                  # measured step times x this, for the plan
 EVAL_OVERHEAD_S = 2.0          # per measurement: held-out loss, features, Frechet distance, copies
 POST_S = 20.0                  # plots, report, last save (planned budget)
+COMPILE_SHARE = 0.4            # no compile for a model whose warm-up starts after this share of the plan
 
 
 def build(study: Study) -> None:
@@ -63,7 +64,12 @@ def time_rows(study: Study) -> None:
 
 
 def warm_up(study: Study) -> None:
+    """Compile and time every model's step. Once COMPILE_SHARE of the planned budget is gone, the remaining
+    models stay eager (a slow compile must not eat the training time; steps stay equal either way)."""
     for key, run in study.runs.items():
+        if study.cfg.compile and study.elapsed() > COMPILE_SHARE * study.planned:
+            study.say(f"warm-up {key}: {study.elapsed():.0f} s gone, more than {COMPILE_SHARE:.0%} of the plan: eager")
+            run.allow_compile = False
         info = run.warm_up(study.say)
         study.results["training"][key]["warmup"] = info
         study.say(f"warm-up {key}: {info['seconds']:.1f} s ({info['compiled']}), "
