@@ -106,7 +106,8 @@ def test_three_models_train_identically_and_curves_have_five_points(smoke):
         assert curve[-1]["step"] == steps and curve[-1]["final"] and curve[-1]["num_samples"] == 40
         assert all(p["num_samples"] == 20 for p in curve[:-1])
         assert [p["training_gflops"] for p in curve] == sorted(p["training_gflops"] for p in curve)
-        assert all(np.isfinite(p[m]) for p in curve for m in ("fd", "accuracy", "heldout_loss"))
+        assert all(np.isfinite(p[m]) for p in curve for m in ("fd", "accuracy", "heldout_loss", "fd_small"))
+        assert curve[-1]["small_size"] == 20 and curve[-1]["fd_small"] != curve[-1]["fd"]   # first 20 of 40
     floor = results["reference"]["floor"]
     assert set(floor) == {"20", "40"} and all(f["spread"] >= 0 for f in floor.values())
 

@@ -63,13 +63,17 @@ def compare_at_equal_flops(results: dict, model: str, base: str = "sit") -> dict
     out = dict(model=model, base=base, floor_spread=floor_spread(results))
     if len(cm) < 2 or len(cb) < 2:
         return dict(out, verdict="not evaluated")
+    # One sample size along the curves: every point's FD at the curve size (the last point's from the first
+    # images of its full-size sample, the same seeds) when all points have it.
+    small = all(p.get("fd_small") is not None for p in cm + cb)
+    fd, acc = ("fd_small", "accuracy_small") if small else ("fd", "accuracy")
     f_eq = min(max(p["training_gflops"] for p in cm), max(p["training_gflops"] for p in cb))
-    out.update(flops=f_eq, fd_model=at_flops(cm, f_eq), fd_base=at_flops(cb, f_eq),
-               accuracy_model=at_flops(cm, f_eq, "accuracy"), accuracy_base=at_flops(cb, f_eq, "accuracy"),
+    out.update(flops=f_eq, fd_model=at_flops(cm, f_eq, fd), fd_base=at_flops(cb, f_eq, fd), fd_key=fd,
+               accuracy_model=at_flops(cm, f_eq, acc), accuracy_base=at_flops(cb, f_eq, acc),
                heldout_model=at_flops(cm, f_eq, "heldout_loss"), heldout_base=at_flops(cb, f_eq, "heldout_loss"),
                final_flops_model=cm[-1]["training_gflops"], final_flops_base=cb[-1]["training_gflops"],
                steps=cm[-1]["step"])
-    pairs = [(p["fd"], at_flops(cb, p["training_gflops"])) for p in cm if p.get("fd") is not None]
+    pairs = [(p[fd], at_flops(cb, p["training_gflops"], fd)) for p in cm if p.get(fd) is not None]
     pairs = [(m, b) for m, b in pairs if b is not None]
     out["points_compared"], out["points_model_better"] = len(pairs), sum(m < b for m, b in pairs)
     if out["fd_model"] is None or out["fd_base"] is None:

@@ -22,17 +22,19 @@ def plot_curves(results: dict, path: str) -> None:
     if not any(curves.values()):
         raise RuntimeError("no curve points")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    small = {"fd": "fd_small", "accuracy": "accuracy_small", "heldout_loss": "heldout_loss"}
     for ax, (key, label) in zip(axes, (("fd", "Frechet distance (classifier features) ↓"),
                                        ("accuracy", "classifier accuracy of samples ↑"),
                                        ("heldout_loss", "held-out flow-matching loss ↓"))):
         for model, curve in curves.items():
-            pts = [p for p in curve if p.get(key) is not None]
+            line = small[key] if all(p.get(small[key]) is not None for p in curve) else key
+            pts = [p for p in curve if p.get(line) is not None]
             if not pts:
                 continue
             x = [p["training_gflops"] / 1e6 for p in pts]
-            ax.plot(x, [p[key] for p in pts], "o-", color=COLOURS.get(model), label=MODELS[model]["label"])
-            if pts[-1].get("final"):
-                ax.plot(x[-1], pts[-1][key], "o", color=COLOURS.get(model), markersize=10)
+            ax.plot(x, [p[line] for p in pts], "o-", color=COLOURS.get(model), label=MODELS[model]["label"])
+            if pts[-1].get("final") and pts[-1].get(key) is not None:
+                ax.plot(x[-1], pts[-1][key], "o", color=COLOURS.get(model), markersize=10, alpha=0.6)
         if key == "fd":
             for i, (n, f) in enumerate(sorted(results.get("reference", {}).get("floor", {}).items(),
                                               key=lambda kv: int(kv[0]))):
@@ -46,7 +48,7 @@ def plot_curves(results: dict, path: str) -> None:
         ax.legend(fontsize=7)
     plan = results.get("training", {}).get("plan", {})
     fig.suptitle(f"Learning curves on Fashion-MNIST 32x32 ({plan.get('steps', '?')} steps each, same data, batch "
-                 f"and seed; {results.get('device_name')}); large markers: final point at full sample size")
+                 f"and seed; {results.get('device_name')}); lines: curve sample size; large markers: final point at full size")
     fig.tight_layout()
     savefig(fig, path)
 

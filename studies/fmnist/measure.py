@@ -74,6 +74,26 @@ def make_sampling_model(study: Study, key: str) -> None:
         study.evals[key] = dict(call=ema, copy=None, path=path)
 
 
+def eager_fallback(study: Study, key: str, error: Exception) -> bool:
+    """After a failure of the graphed sampling model of `key`: sample and time the EMA eagerly from now on.
+    False when it already was eager (the caller re-raises)."""
+    if study.evals[key]["copy"] is None:
+        return False
+    study.say(f"{key}: CUDA-graph sampling failed ({type(error).__name__}: {str(error)[:300]}); eager from here")
+    study.evals[key] = dict(call=study.runs[key].ema, copy=None, path="eager bf16 autocast (graphs failed)")
+    return True
+
+
+def with_fallback(study: Study, row: dict, fn):
+    """fn(), retried once eagerly if the row's graphed sampling model fails."""
+    try:
+        return fn()
+    except Exception as e:                                  # noqa: BLE001
+        if not eager_fallback(study, row["record"]["model"], e):
+            raise
+        return fn()
+
+
 def refresh(study: Study, key: str) -> None:
     """Copy the current EMA weights into the sampling copy (in place: captured graphs stay valid)."""
     target = study.evals[key]["copy"]
@@ -96,6 +116,10 @@ def row_costs(study: Study, row: dict) -> None:
 def latency(study: Study, row: dict) -> float:
     """Seconds of one (guided) step at batch sample_batch_size, median of latency_repeats after warm-up (the
     first call captures the graphs that sampling replays); stored per image in the row."""
+    return with_fallback(study, row, lambda: _latency(study, row))
+
+
+def _latency(study: Study, row: dict) -> float:
     ev, L = study.evals[row["record"]["model"]], study.p.sample_batch_size
     fn = cost.guided_step_fn(ev["call"], plan_of(study, row), L, study.device)
     fn(), fn()
@@ -113,6 +137,10 @@ def sampling_seconds(study: Study, row: dict, n: int) -> float:
 # ----------------------------------------------------------------------------------------------------------
 def sample(study: Study, row: dict, n: int) -> np.ndarray:
     """uint8 (n, 32, 32, 3) images of `row`: image i has label i % 10 and seed seed + i."""
+    return with_fallback(study, row, lambda: _sample(study, row, n))
+
+
+def _sample(study: Study, row: dict, n: int) -> np.ndarray:
     model_key = row["record"]["model"]
     call, plan, b = study.evals[model_key]["call"], plan_of(study, row), study.p.sample_batch_size
     labels = torch.arange(n) % 10
@@ -175,4 +203,5 @@ def curve_point(study: Study, key: str, n: int) -> dict:
                  train_loss=run.loss_log[-1][1] if run.loss_log else None, heldout_loss=heldout(study, key))
     images = sample(study, row, n)
     point.update(metrics(study, images), seconds=round(time.time() - start, 2))
+    point.update(fd_small=point["fd"], accuracy_small=point["accuracy"])      # (the curve's sample size)
     return point

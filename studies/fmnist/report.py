@@ -93,13 +93,16 @@ def render_report(results: dict) -> str:
               f"{plan.get('limit', 'n/a')})" + (f"; the hard limit stopped training at step {plan['stopped_at']}"
                                                 if plan.get("stopped_at") is not None else "") + ".", "",
               "## Learning curves", "", f"![learning curves]({FILES_DIR}/curves.png)", "",
-              "| model | step | training PFLOPs | samples | FD ↓ | accuracy ↑ | held-out loss ↓ | training loss |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| model | step | training PFLOPs | samples | FD ↓ | accuracy ↑ | FD, curve size | held-out loss ↓ | training loss |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, curve in results.get("curves", {}).items():
         for p in curve:
             lines.append(f"| {MODELS[key]['label']} | {p['step']} | {_pf(p['training_gflops'])} | {p['num_samples']} | "
-                         f"{fmt(p.get('fd'))} | {fmt(p.get('accuracy'), '.4f')} | {fmt(p.get('heldout_loss'), '.4f')} | "
-                         f"{fmt(p.get('train_loss'), '.4f')} |")
+                         f"{fmt(p.get('fd'))} | {fmt(p.get('accuracy'), '.4f')} | {fmt(p.get('fd_small'))} | "
+                         f"{fmt(p.get('heldout_loss'), '.4f')} | {fmt(p.get('train_loss'), '.4f')} |")
+    lines += ["", f"FD, curve size: every point at {s.get('curve_n')} samples (the last from the first images of "
+              "its full-size sample, the same seeds): the comparison of claim (a) uses this column, so that sample "
+              "size does not change along a curve."]
     lines += ["", "Sampling-noise floor (real training images against the same test statistics, two disjoint "
               "subsets per sample size): " + "; ".join(
                   f"n={n}: FD {f['fd_a']:.3f} / {f['fd_b']:.3f} (spread {f['spread']:.3f}), accuracy "
@@ -131,7 +134,15 @@ def render_report(results: dict) -> str:
     row_errors = [f"- `{r['key']}`: {r['error']}" for r in results["rows"] if r.get("error")]
     if row_errors:
         lines += ["## Row errors", ""] + row_errors + [""]
-    lines += ["## Stage times (s)", "", " | ".join(f"{k} {v:.1f}" for k, v in results.get("timings", {}).items()
+    lines += ["## Reproduce", "", "```bash",
+              "python studies/fashion_mnist.py --source DIR_WITH_THE_4_IDX_FILES --work /tmp/fm-work --out OUT \\",
+              "    --time-budget-minutes 8 --max-minutes 8.5        # one GPU; a longer budget trains longer",
+              "python studies/fashion_mnist.py --smoke --source DIR --work W --out O     # CPU, tiny models",
+              "```", "", "The command writes this page as `OUT/fashion_mnist_study.md` and its files in "
+              f"`OUT/{FILES_DIR}/` (the layout of `docs/`). Code: `studies/fmnist/` (its `__init__` lists the files). "
+              "Limits of this evidence: one seed per model, S size, pixels instead of VAE latents, a few thousand "
+              "steps, one guidance scale; latency at S size is far from the large-model regime of the paper.", "",
+              "## Stage times (s)", "", " | ".join(f"{k} {v:.1f}" for k, v in results.get("timings", {}).items()
                                                   if k != "report"), "",          # (its own time comes after it)
               f"Every number above is rendered from `{FILES_DIR}/results.json` by `studies/fmnist/report.py`; the "
               f"progress log is `{FILES_DIR}/study.log`.", ""]

@@ -192,6 +192,9 @@ def final_rows(study: Study) -> None:
             rec.update(measure.metrics(study, images), num_samples=n,
                        heldout_loss=measure.heldout(study, rec["model"], row),
                        sampling_seconds=round(time.time() - start, 2))
+            if rec["key"] in FULL_ROW.values():           # the curve's last point at the curve's size too
+                small = measure.metrics(study, images[:study.curve_n]) if n > study.curve_n else rec
+                rec.update(fd_curve_size=small["fd"], accuracy_curve_size=small["accuracy"])
             study.samples[rec["key"]] = images[:20]
             study.say(f"row {rec['key']}: FD {rec['fd']:.3f}, accuracy {rec['accuracy']:.4f}, "
                       f"{rec['gflops']:.2f} GFLOPs ({rec['sampling_seconds']:.1f} s)")
@@ -208,8 +211,9 @@ def final_rows(study: Study) -> None:
                      training_gflops=measure.training_gflops(study, key, run.step), num_samples=rec["num_samples"],
                      train_loss=run.loss_log[-1][1] if run.loss_log else None, heldout_loss=rec["heldout_loss"],
                      fd=rec["fd"], precision=rec["precision"], recall=rec["recall"], accuracy=rec["accuracy"],
-                     final=True)
-        if curve and curve[-1]["step"] == run.step:
-            curve[-1] = dict(point, fd_at_curve_size=curve[-1]["fd"])
+                     fd_small=rec["fd_curve_size"], accuracy_small=rec["accuracy_curve_size"],
+                     small_size=min(study.curve_n, rec["num_samples"]), final=True)
+        if curve and curve[-1]["step"] == run.step:     # stopped early: that point was measured already
+            curve[-1] = dict(point, fd_small=curve[-1]["fd"], accuracy_small=curve[-1]["accuracy"])
         else:
             curve.append(point)

@@ -84,7 +84,8 @@ class Study:
             cuda=torch.version.cuda if gpu else None, command=" ".join(sys.argv),
             started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.start)), config=to_dict(cfg),
             settings=dict(vars(self.p), models=MODELS, group_size=GROUP_SIZE, thresholds=THRESHOLDS,
-                          planned_seconds=self.planned, hard_limit_seconds=self.hard),
+                          planned_seconds=self.planned, hard_limit_seconds=self.hard, curve_n=self.curve_n,
+                          final_n=self.final_n),
             status=self.status, errors={}, timings={}, data={}, classifier={}, reference={}, training={},
             curves={}, rows=[], latency={}, claims={}, files=[])
 
