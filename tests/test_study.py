@@ -22,6 +22,8 @@ from studies.fmnist.claims import at_flops, claim_sentence, judge_claims
 from studies.fmnist.fastloop import ModelRun
 from studies.fmnist.options import MODELS, PRESETS, SMOKE_ELIT, SMOKE_MODEL, FashionMnistStudyConfig, resolve_presets
 from studies.fmnist.report import readme_verdicts, render_report
+from studies.fmnist.rows import FULL_ROW
+from studies.fmnist.schedule import decide_compile
 from studies.fmnist.state import FILES_DIR, OUT_FILES, REPORT_NAME
 from utils.errors import UserError
 
@@ -164,6 +166,24 @@ def test_fast_loop_draws_identical_batches_and_warm_up_leaves_no_trace(one_threa
     d.train(3)
     assert [s for s, _ in c.loss_log] == [2, 3] and c.loss_log == d.loss_log
     assert {b_ for b_ in c.budget_counts} == {c.budget_of(s) for s in range(3)}
+
+
+def test_compile_is_chosen_when_it_pays_in_the_remaining_plan():
+    runs = {k: SimpleNamespace(allowed=[1.0] * (16 if k == "elit_multi" else 1)) for k in MODELS}
+    fake = SimpleNamespace(runs=runs, planned=480.0, elapsed=lambda: 0.0, final_n=100, curve_n=100, say=lambda m: None,
+                           cfg=SimpleNamespace(eval_points=5), p=SimpleNamespace(steps=None, sample_batch_size=100,
+                                                                                 sampling_steps=10),
+                           rows=[dict(record=dict(key=v)) for v in FULL_ROW.values()])
+    sit = dict(compiled="regional torch.compile (dynamic=False)", eager_step_seconds=0.06, step_seconds=0.03,
+               compile_seconds=40.0)
+    assert decide_compile(fake, "sit", 0.06, {})                                 # the first model: always
+    assert decide_compile(fake, "elit_single", 0.066, {"sit": sit})              # ~130 s saved, ~20 s cost
+    done = {"sit": sit, "elit_single": dict(sit, step_seconds=0.033)}
+    assert decide_compile(fake, "elit_multi", 0.05, done)                        # ~108 s saved, ~60 s cost
+    fake.planned = 200.0
+    assert not decide_compile(fake, "elit_multi", 0.05, done)                    # ~38 s saved, ~60 s cost
+    slow = dict(sit, step_seconds=0.07)
+    assert not decide_compile(fake, "elit_single", 0.066, {"sit": slow})         # compile did not pay at all
 
 
 def test_missing_source_is_one_clear_error(tmp_path):

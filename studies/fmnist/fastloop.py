@@ -28,7 +28,7 @@ import torch
 from loss import FlowMatchingLoss, allowed_budgets, draw_budget
 from models import build_model
 
-WARMUP_STEPS = 3               # compile warm-up steps per distinct shape (first call compiles, then autotune)
+WARMUP_STEPS = 3               # compile warm-up steps at each of two levels (the first call compiles)
 
 
 class ModelRun:
@@ -158,42 +158,48 @@ class ModelRun:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def warm_up(self, log: Callable[[str], None]) -> dict:
-        """Compile (GPU, if asked) and time the step: every allowed level once after WARMUP_STEPS steps at two
-        levels; then restore the initial state. Returns dict(seconds, step_seconds, compiled)."""
-        start = time.time()
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 7919)     # not the run's stream
-        warm_levels = self.allowed[-1:] + self.allowed[:1] if len(self.allowed) > 1 else self.allowed
-
-        def run_warm():
-            for b in warm_levels:
-                for _ in range(WARMUP_STEPS):
-                    self.train_step(b, g, lr=0.0)
-            self.sync()
-
-        if self.device.type == "cuda" and self.cfg.compile and self.allow_compile:
-            try:
-                self.compile(log)
-                run_warm()
-            except Exception as e:                              # noqa: BLE001  (eager is always possible)
-                log(f"{self.key}: compile failed ({type(e).__name__}: {str(e)[:300]}); eager")
-                self.uncompile()
-                self.optimizer.zero_grad(set_to_none=True)
-                run_warm()
-        else:
-            run_warm()
+    def time_steps(self, g: torch.Generator) -> float:
+        """Mean seconds of a step over every allowed level (5 steps for one level), after one untimed pass that
+        absorbs any level-specific (re)compile."""
         timed = self.allowed if len(self.allowed) > 1 else self.allowed * 5
-        for b in timed:                                         # any level-specific recompile happens here
+        for b in timed:
             self.train_step(b, g, lr=0.0)
         self.sync()
-        compile_seconds = time.time() - start
         times = []
-        for b in timed:                                         # expected step time of the uniform draw
+        for b in timed:
             t0 = time.perf_counter()
             self.train_step(b, g, lr=0.0)
             self.sync()
             times.append(time.perf_counter() - t0)
-        step_seconds = sum(times) / len(times)
+        return sum(times) / len(times)
+
+    def warm_up(self, log: Callable[[str], None], decide: Optional[Callable[[float], bool]] = None) -> dict:
+        """Time the step eagerly; on a GPU with compile asked for, and if decide(eager seconds per step) says
+        so, compile and time again. Then restore the initial state (the warm-up leaves no trace).
+
+        Returns dict(seconds, compile_seconds, eager_step_seconds, step_seconds, compiled)."""
+        start = time.time()
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 7919)     # not the run's stream
+        eager = self.time_steps(g)
+        compile_seconds = 0.0
+        if self.device.type == "cuda" and self.cfg.compile and self.allow_compile and (decide is None or decide(eager)):
+            t0 = time.time()
+            # Two levels first (a model over several levels then compiles its dynamic-shape graph), then all.
+            warm = self.allowed[-1:] + self.allowed[:1] if len(self.allowed) > 1 else self.allowed
+            try:
+                self.compile(log)
+                for b in warm:
+                    for _ in range(WARMUP_STEPS):
+                        self.train_step(b, g, lr=0.0)
+                step_seconds = self.time_steps(g)
+            except Exception as e:                              # noqa: BLE001  (eager is always possible)
+                log(f"{self.key}: compile failed ({type(e).__name__}: {str(e)[:300]}); eager")
+                self.uncompile()
+                self.optimizer.zero_grad(set_to_none=True)
+                step_seconds = eager
+            compile_seconds = time.time() - t0
+        else:
+            step_seconds = eager
         self.reset()
         return dict(seconds=round(time.time() - start, 2), compile_seconds=round(compile_seconds, 2),
-                    step_seconds=step_seconds, compiled=self.compiled)
+                    eager_step_seconds=eager, step_seconds=step_seconds, compiled=self.compiled)

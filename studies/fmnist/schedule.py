@@ -1,6 +1,7 @@
 """Building the three runs, the time plan, the learning curves and the final rows.
 
-Time plan: the three models first compile and time their step (`ModelRun.warm_up`, outside the run), and
+Time plan: the three models first time their step eagerly and, where it pays, compile and time it again
+(`ModelRun.warm_up`, outside the run, leaving no trace; `decide_compile`), and
 every final row's (guided) step is timed on the sampling models (latency; the same call captures the graphs
 that sampling replays). The common step count is then the largest that fits the planned budget after
 subtracting everything measured so far and the estimated evaluation cost (curve points at `curve_samples`,
@@ -25,6 +26,7 @@ SAFETY = 1.15                  # measured step times x this, for the plan
 EVAL_OVERHEAD_S = 2.0          # per measurement: held-out loss, features, Frechet distance, copies
 POST_S = 20.0                  # plots, report, last save (planned budget)
 COMPILE_SHARE = 0.4            # no compile for a model whose warm-up starts after this share of the plan
+COMPILE_COST = {False: 0.5, True: 1.5}   # compile cost relative to the first model's: one level / several levels
 
 
 def build(study: Study) -> None:
@@ -64,16 +66,43 @@ def time_rows(study: Study) -> None:
 
 
 def warm_up(study: Study) -> None:
-    """Compile and time every model's step. Once COMPILE_SHARE of the planned budget is gone, the remaining
-    models stay eager (a slow compile must not eat the training time; steps stay equal either way)."""
+    """Time every model's step eagerly, then compile it if that pays: the first model always (its eager and
+    compiled step times and compile cost are the reference); a later one if the steps expected in the
+    remaining plan x the time compile saves per step (the reference's ratio) exceed its estimated compile
+    cost (the reference's x COMPILE_COST: a model with one level reuses the compiled blocks, a multibudget
+    one compiles three shapes of its latent regions and a dynamic block). No compile once COMPILE_SHARE of
+    the plan is gone. Steps stay equal whichever models are compiled."""
+    done: dict = {}
     for key, run in study.runs.items():
         if study.cfg.compile and study.elapsed() > COMPILE_SHARE * study.planned:
             study.say(f"warm-up {key}: {study.elapsed():.0f} s gone, more than {COMPILE_SHARE:.0%} of the plan: eager")
             run.allow_compile = False
-        info = run.warm_up(study.say)
+        info = run.warm_up(study.say, decide=lambda eager, k=key: decide_compile(study, k, eager, done))
+        done[key] = info
         study.results["training"][key]["warmup"] = info
-        study.say(f"warm-up {key}: {info['seconds']:.1f} s ({info['compiled']}), "
-                  f"{info['step_seconds'] * 1e3:.1f} ms/step")
+        study.say(f"warm-up {key}: {info['seconds']:.1f} s ({info['compiled']}), eager "
+                  f"{info['eager_step_seconds'] * 1e3:.1f} ms/step, used {info['step_seconds'] * 1e3:.1f} ms/step")
+
+
+def decide_compile(study: Study, key: str, eager: float, done: dict) -> bool:
+    ref = next((i for i in done.values() if i["compiled"].startswith("regional")), None)
+    if not done:
+        return True
+    if ref is None or ref["step_seconds"] >= ref["eager_step_seconds"]:
+        study.say(f"warm-up {key}: no compile (it did not pay for the first model)")
+        return False
+    speedup = ref["eager_step_seconds"] / ref["step_seconds"]
+    per_step = sum(i["step_seconds"] for i in done.values()) + eager / speedup * (len(study.runs) - len(done))
+    left = study.planned - study.elapsed() - final_seconds(study, study.final_n) \
+        - (study.cfg.eval_points - 1) * curve_eval_seconds(study) - POST_S
+    steps = max(left, 0.0) / (per_step * SAFETY)
+    if study.p.steps is not None:
+        steps = min(steps, study.p.steps)
+    saving = steps * eager * (1 - 1 / speedup)
+    cost = ref["compile_seconds"] * COMPILE_COST[len(study.runs[key].allowed) > 1]
+    study.say(f"warm-up {key}: compile saves ~{saving:.0f} s over ~{steps:.0f} steps (x{speedup:.2f}), costs "
+              f"~{cost:.0f} s: {'compile' if saving > cost else 'eager'}")
+    return saving > cost
 
 
 def row_by_key(study: Study, key: str) -> dict:
