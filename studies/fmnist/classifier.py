@@ -122,21 +122,30 @@ def save_torchscript(model: nn.Module, path: str) -> None:
 
 
 def train_classifier(cfg: ClassifierConfig, log: Callable[[str], None] = print) -> dict:
-    """Train on DATA/train, report the accuracy on DATA/test, save the TorchScript network to cfg.out.
-
-    Returns dict(test_accuracy, train_accuracy_last_epoch, epochs, train_items, test_items, feature_dim,
-    parameters, seconds, device, path)."""
+    """Train on DATA/train, report the accuracy on DATA/test, save the TorchScript network to cfg.out
+    (`fit_classifier` on the arrays of the two splits)."""
     if not cfg.data:
         raise UserError("pass --data DIR (a folder holding train/ and test/ written by dataset_tools.py fashion-mnist)")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UserError("epochs and batch_size must be >= 1")
-    start = time.time()
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_x, train_y, meta = load_split(cfg.data, "train", cfg.max_train_items)
     test_x, test_y, test_meta = load_split(cfg.data, "test")
     if meta["resolution"] != test_meta["resolution"] or meta["num_classes"] != test_meta["num_classes"]:
         raise UserError(f"{cfg.data}: train and test differ in resolution or classes")
-    resolution, num_classes = meta["resolution"][0], meta["num_classes"]
+    return fit_classifier(cfg, train_x, train_y, test_x, test_y, log)
+
+
+def fit_classifier(cfg: ClassifierConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, log: Callable[[str], None] = print) -> dict:
+    """Train on uint8 images (N, H, W, C) with labels 0..9, report the test accuracy, save to cfg.out.
+
+    Returns dict(test_accuracy, train_accuracy_last_epoch, epochs, train_items, test_items, feature_dim,
+    parameters, seconds, device, path)."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UserError("epochs and batch_size must be >= 1")
+    start = time.time()
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.max_train_items is not None:
+        train_x, train_y = train_x[:cfg.max_train_items], train_y[:cfg.max_train_items]
+    resolution, num_classes = train_x.shape[1], 10
 
     torch.manual_seed(cfg.seed)
     model = FashionClassifier(cfg.width, cfg.feature_dim, num_classes, resolution).to(device)

@@ -1,14 +1,18 @@
-"""The configurations the study compares (its rows), and how their numbers are written."""
+"""The configurations the study samples at the end (its rows), in priority order (the time guard skips from
+the end), and how their numbers are written."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from fractions import Fraction
 from typing import Optional
 
-from sampling.options import GenerateConfig
-from studies.fmnist.options import GROUP_SIZE, FashionMnistStudyConfig
+from sampling.options import SamplingOptions
+from studies.fmnist.options import LEVELS, MODELS, FashionMnistStudyConfig
+
+FULL_ROW = {"sit": "sit", "elit_single": "single_b1", "elit_multi": "multi_b1"}   # each model's curve row
+RECORD_FIELDS = ("gflops", "gflops_per_sample", "latency_ms_per_image", "latency_path", "heldout_loss", "fd",
+                 "precision", "recall", "accuracy", "num_samples", "sampling_seconds", "error")
 
 
 def fraction(b: Optional[float]) -> str:
@@ -22,36 +26,41 @@ def fmt(v, spec: str = ".3f") -> str:
 
 
 def level(budget: float) -> float:
-    """A budget fraction -> the ELIT level the model uses (k / K, K = GROUP_SIZE^2 slots per window)."""
-    slots = GROUP_SIZE ** 2
-    return math.floor(budget * slots + 1e-6) / slots
+    """A budget fraction -> the ELIT level the model uses (k / K, K = LEVELS slots per window)."""
+    return math.floor(budget * LEVELS + 1e-6) / LEVELS
+
+
+def _row(key: str, label: str, model: str, budget, guidance=None, **opts) -> dict:
+    record = dict(key=key, label=label, model=model, budget=budget, guidance=guidance,
+                  gflops_per=("guided step" if guidance else "forward"), **{f: None for f in RECORD_FIELDS})
+    return dict(record=record, opts=SamplingOptions(precision="bf16", fast=False, **opts))
 
 
 def define_rows(cfg: FashionMnistStudyConfig, sampling_steps: int) -> list[dict]:
-    """Every configuration: its record (results.json) and its sampling options (a GenerateConfig).
+    """Every final configuration: its record (results.json) and its SamplingOptions.
 
-    SiT; the ELIT model at each of cfg.budgets without guidance; then, with cfg.guidance_scale and the
-    conditional pass at full budget, CFG, cheap CFG and autoguidance (guiding pass at cfg.guidance_budget)."""
-    base = GenerateConfig(num_steps=sampling_steps, precision="bf16", fast=False, seed=cfg.seed)
-    rows = [dict(record=dict(key="sit", label="SiT-S/2", model="sit", budget=None, guidance=None),
-                 gen=base)]
-    for b in cfg.budgets:
-        rows.append(dict(record=dict(key=f"elit_b{b:g}", label=f"ELIT-SiT-S/2 b={fraction(b)}", model="elit",
-                                     budget=b, guidance=None),
-                         gen=dataclasses.replace(base, inference_budget=b)))
+    The three models unguided at full budget (the curves' last points); the multibudget model at each of
+    cfg.budgets; then guidance at cfg.guidance_scale with the conditional pass at full budget: CFG (null-label
+    pass at full budget), cheap CFG (null-label pass at cfg.guidance_budget) and autoguidance (guiding pass at
+    cfg.guidance_budget, real label) on the multibudget model, and CFG / cheap CFG on the single-budget one
+    (does cheap CFG need multibudget training?)."""
+    n = dict(num_steps=sampling_steps)
     s, gb = cfg.guidance_scale, cfg.guidance_budget
-    guided = dataclasses.replace(base, cfg_scale=s, inference_budget=1.0)
-    for key, label, extra in (
-            ("cfg", f"CFG {s:g}", {}),
-            ("cheap_cfg", f"cheap CFG {s:g} (uncond. b={fraction(gb)})", dict(unconditional_inference_budget=gb)),
-            ("autoguidance", f"autoguidance {s:g} (guide b={fraction(gb)})",
-             dict(unconditional_inference_budget=gb, autoguidance=True))):
-        rows.append(dict(record=dict(key=key, label=label, model="elit", budget=1.0, guidance=key,
-                                     guidance_scale=s, guidance_budget=None if key == "cfg" else gb),
-                         gen=dataclasses.replace(guided, **extra)))
-    for r in rows:
-        r["record"].update(gflops=None, gflops_per=("guided step" if r["record"]["guidance"] else "forward"),
-                           gflops_per_sample=None, latency_ms_per_image=None, latency_path=None,
-                           heldout_loss=None, fd=None, precision=None, recall=None, accuracy=None,
-                           inception_score=None, num_samples=None, sampling_seconds=None, error=None)
+    single, multi = MODELS["elit_single"]["label"], MODELS["elit_multi"]["label"]
+    rows = [_row("sit", MODELS["sit"]["label"], "sit", None, **n),
+            _row("single_b1", f"{single} b=1", "elit_single", 1.0, inference_budget=1.0, **n)]
+    budgets = [1.0] + [b for b in cfg.budgets if b != 1.0]
+    rows += [_row(f"multi_b{b:g}", f"{multi} b={fraction(b)}", "elit_multi", b, inference_budget=b, **n)
+             for b in budgets]
+    guided = dict(cfg_scale=s, inference_budget=1.0, **n)
+    for model, prefix, name, kinds in (("elit_multi", "multi", multi, ("cfg", "cheap_cfg", "autoguidance")),
+                                       ("elit_single", "single", single, ("cfg", "cheap_cfg"))):
+        for kind in kinds:
+            extra = {} if kind == "cfg" else dict(unconditional_inference_budget=gb,
+                                                  autoguidance=kind == "autoguidance")
+            label = {"cfg": f"CFG {s:g}", "cheap_cfg": f"cheap CFG {s:g} (uncond. b={fraction(gb)})",
+                     "autoguidance": f"autoguidance {s:g} (guide b={fraction(gb)})"}[kind]
+            row = _row(f"{prefix}_{kind}", f"{name}: {label}", model, 1.0, kind, **guided, **extra)
+            row["record"].update(guidance_scale=s, guidance_budget=None if kind == "cfg" else gb)
+            rows.append(row)
     return rows

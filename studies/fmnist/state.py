@@ -1,30 +1,27 @@
-"""The state of one study run (`Study`): resolved settings, rows, models, samples and what results.json holds,
-with its bookkeeping (progress lines, stage runner). The stages themselves are functions of a Study
-(stages.py, costs.py, report.py); study.py runs them in order."""
+"""The state of one study run (`Study`): resolved settings, clocks, what results.json holds, and its bookkeeping
+(progress lines, the stage runner, incremental saves). The stages are functions of a Study (data.py,
+training.py, measure.py, report.py); study.py runs them in order."""
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import traceback
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from evaluation.batches import write_json
 from studies.fmnist.claims import THRESHOLDS
-from studies.fmnist.options import (GROUP_SIZE, MODELS, SMOKE_ELIT, SMOKE_MODEL, FashionMnistStudyConfig, mode,
-                                    resolve_presets)
-from studies.fmnist.rows import define_rows
-from studies.fmnist.tools import sampling_plan
+from studies.fmnist.options import GROUP_SIZE, MODELS, FashionMnistStudyConfig, mode, resolve_presets
 from utils.cli import to_dict
 from utils.errors import UserError
 
-OUT_FILES = ("results.json", "report.md", "fd_vs_gflops.png", "grids.png", "loss_curves.png", "study.log")
-LOG_LINE = re.compile(r"step (\d+): loss ([-+0-9.eEnaif]+), ([0-9.]+) img/s")
+REPORT_NAME = "fashion_mnist_study.md"              # OUT/REPORT_NAME, its files in OUT/FILES_DIR/
+FILES_DIR = "fashion_mnist_study"
+OUT_FILES = ("results.json", "curves.png", "quality_vs_gflops.png", "grids.png", "study.log")
+REPORT_RESERVE_S = 25.0        # kept free before the hard limit for plots, report and the last save
 
 
 class Skipped(Exception):
@@ -44,19 +41,6 @@ def process_start_time() -> float:
         return time.time()
 
 
-def median_or_none(values) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return float(np.median(values)) if values else None
-
-
-def read_training_log(path: str) -> list[tuple[int, float, float]]:
-    """(step, loss, img/s) of every step line of a Trainer log.txt."""
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [(int(m[1]), float(m[2]), float(m[3])) for m in map(LOG_LINE.search, f) if m]
-
-
 class Study:
     """One run of the study over one resolved configuration; `results` is what results.json holds."""
 
@@ -65,41 +49,52 @@ class Study:
         self.start = time.time() if start is None else start
         self.cfg = cfg
         self.p = resolve_presets(cfg)
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        default = "cuda" if torch.cuda.is_available() and not cfg.smoke else "cpu"
+        self.device = torch.device(cfg.device or default)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but no GPU is visible")
-        self.deadline = cfg.time_budget_minutes * 60.0
+        self.planned = cfg.time_budget_minutes * 60.0
+        self.hard = (cfg.max_minutes if cfg.max_minutes is not None else cfg.time_budget_minutes + 0.5) * 60.0
         self.work, self.out = os.path.abspath(cfg.work), os.path.abspath(cfg.out)
-        self.data_dir = os.path.join(self.work, "data")
-        self.classifier_path = os.path.join(self.work, "classifier.pt")
+        self.files = os.path.join(self.out, FILES_DIR)
         os.makedirs(self.work, exist_ok=True)
-        os.makedirs(self.out, exist_ok=True)
+        os.makedirs(self.files, exist_ok=True)
         for name in OUT_FILES:                                  # a rerun never mixes in an older run's outputs
-            if os.path.exists(os.path.join(self.out, name)):
-                os.unlink(os.path.join(self.out, name))
-        self.log_path = os.path.join(self.out, "study.log")
+            if os.path.exists(os.path.join(self.files, name)):
+                os.unlink(os.path.join(self.files, name))
+        self.report_path = os.path.join(self.out, REPORT_NAME)
+        self.log_path = os.path.join(self.files, "study.log")
         self.status: dict[str, str] = {}
-        self.arch: dict[str, dict] = {}
-        self.flops: dict[str, dict] = {}                        # model -> {budget fraction or None: GFLOPs/forward}
-        self.step_seconds: dict[str, Optional[float]] = {}
-        self.models: dict = {}                                  # model -> SamplingCheckpoint (EMA weights)
-        self.samples: dict[str, np.ndarray] = {}
-        self.num_samples = self.p.num_samples
-        self.steps_cap = self.p.steps
+        self.data: dict = {}                                    # arrays: train/test images and labels
+        self.runs: dict = {}                                    # model key -> fastloop.ModelRun
+        self.evals: dict = {}                                   # model key -> the sampling model (EMA copy)
+        self.samples: dict = {}                                 # row key -> uint8 images of the final point
+        self.rows: list[dict] = []
+        self.flops: dict = {}                                   # model key -> {budget or None: GFLOPs/forward}
+        self.points: list[int] = []                             # curve steps
+        self.plan: dict = {}
+        self.final_step = 0
+        self.net = self.ref = None                              # feature network, test-set statistics
+        b = self.p.sample_batch_size                            # sample counts: whole batches (one graph each)
+        self.curve_n, self.final_n = (n if n < b else n // b * b for n in (self.p.curve_samples, self.p.num_samples))
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         self.results = dict(
-            study="Fashion-MNIST: SiT-S/2 vs multibudget ELIT-SiT-S/2", mode=mode(cfg), device=str(self.device),
-            device_name=gpu or "cpu", torch=torch.__version__, cuda=torch.version.cuda if gpu else None,
-            command=" ".join(sys.argv), started=time.strftime("%Y-%m-%d %H:%M:%S"), config=to_dict(cfg),
+            study="Fashion-MNIST: SiT-S/2 vs ELIT-SiT-S/2 single budget vs ELIT-SiT-S/2 multibudget",
+            mode=mode(cfg), device=str(self.device), device_name=gpu or "cpu", torch=torch.__version__,
+            cuda=torch.version.cuda if gpu else None, command=" ".join(sys.argv),
+            started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.start)), config=to_dict(cfg),
             settings=dict(vars(self.p), models=MODELS, group_size=GROUP_SIZE, thresholds=THRESHOLDS,
-                          smoke_model=dict(SMOKE_MODEL, **SMOKE_ELIT) if cfg.smoke else None),
-            status=self.status, errors={}, timings={}, data={}, classifier={}, training={}, rows=[],
-            reference={}, claims={}, files=[])
-        self.rows = define_rows(cfg, self.p.sampling_steps)
-        self.results["rows"] = [r["record"] for r in self.rows]
+                          planned_seconds=self.planned, hard_limit_seconds=self.hard, curve_n=self.curve_n,
+                          final_n=self.final_n),
+            status=self.status, errors={}, timings={}, data={}, classifier={}, reference={}, training={},
+            curves={}, rows=[], latency={}, claims={}, files=[])
 
     def elapsed(self) -> float:
         return time.time() - self.start
+
+    def left(self) -> float:
+        """Seconds until the hard limit, less the report's reserve."""
+        return self.hard - REPORT_RESERVE_S - self.elapsed()
 
     def say(self, message: str) -> None:
         line = f"[{self.elapsed():7.1f} s] {message}"
@@ -108,12 +103,15 @@ class Study:
             f.write(line + "\n")
 
     def save_results(self) -> None:
+        minutes = self.elapsed() / 60
         self.results.update(total_seconds=round(self.elapsed(), 1),
-                            gpu_minutes=round(self.elapsed() / 60, 2) if self.device.type == "cuda" else 0.0)
-        write_json(os.path.join(self.out, "results.json"), self.results)
+                            gpu_minutes=round(minutes, 2) if self.device.type == "cuda" else 0.0,
+                            rows=[r["record"] for r in self.rows])
+        write_json(os.path.join(self.files, "results.json"), self.results)
 
     def stage(self, name: str, fn: Callable[[], None], needs=()) -> bool:
-        """Run one stage: progress lines, its time, and its error (if any) recorded; never raises (but Ctrl-C)."""
+        """Run one stage: progress lines, its time, and its error (if any) recorded; results.json saved after
+        it; never raises (but Ctrl-C)."""
         missing = [n for n in needs if self.status.get(n) != "ok"]
         start = time.time()
         try:
@@ -135,18 +133,8 @@ class Study:
                 f.write(traceback.format_exc())
         finally:
             self.results["timings"][name] = round(time.time() - start, 2)
-            self.save_results()
+            try:
+                self.save_results()
+            except Exception as e:                              # noqa: BLE001  (e.g. a value JSON refuses)
+                self.say(f"saving results.json failed: {type(e).__name__}: {e}")
         return self.status[name] == "ok"
-
-    def rows_of(self, model: str) -> list[dict]:
-        return [r for r in self.rows if r["record"]["model"] == model]
-
-    def plan(self, row: dict, model) -> dict:
-        """The sampling plan of a row for `model` (warnings go to the log)."""
-        return sampling_plan(model, row["gen"], self.device, warn=self.say)
-
-    def run_dir(self, name: str) -> str:
-        return os.path.join(self.work, "runs", name)
-
-    def training_log(self, name: str) -> list[tuple[int, float, float]]:
-        return read_training_log(os.path.join(self.run_dir(name), "log.txt"))
