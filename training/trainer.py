@@ -45,7 +45,7 @@ from models import build_model
 from models.checkpoint import atomic_save, latest_checkpoint
 from training.grids import write_sample_grids
 from training.options import TrainConfig, model_overrides
-from training.repa import load_repa_encoder, target_features
+from training.repa import load_repa_encoders, target_features
 from training.state import checkpoint_state, restore_state, step_seed
 from utils.cli import save_config, to_dict
 from utils.errors import UserError, user_errors
@@ -82,7 +82,7 @@ class Trainer:
         if cfg.proj_coeff > 0:
             if not cfg.repa_depth:
                 raise UserError("proj_coeff > 0 needs repa_depth (the block whose tokens the projector reads)")
-            self.encoder = load_repa_encoder(cfg.repa_encoder, cfg.repa_encoder_path, "cpu")
+            self.encoder = load_repa_encoders(cfg.repa_encoder, cfg.repa_encoder_path, "cpu")
             repa = dict(repa_depth=cfg.repa_depth, repa_z_dim=self.encoder.embed_dim)
         elif cfg.repa_depth:
             repa = dict(repa_depth=cfg.repa_depth)
