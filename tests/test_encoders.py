@@ -151,10 +151,11 @@ def test_timm_features_preprocess_like_repa(vit_s):
     assert ENCODERS["clip-vit-l"].mean == CLIP_MEAN
 
 
-def test_a_real_vit_s_through_the_training_loss(vit_s):
+@pytest.mark.parametrize("family", ["SiT", "ELIT-SiT"])
+def test_a_real_vit_s_through_the_training_loss(vit_s, family):
     folder, _ = vit_s
     enc = load_repa_encoders("dinov2-vit-s", str(folder / "dinov2-vit-s.safetensors"))
-    model = tiny_model("SiT", repa_depth=1, repa_z_dim=enc.embed_dim).train()
+    model = tiny_model(family, repa_depth=1, repa_z_dim=enc.embed_dim).train()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     x0, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
     target = target_features(enc, {"image": images}, model.grid)

@@ -81,7 +81,9 @@ class RunOptions:
     compile: bool = opt(False, "torch.compile the model")
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)")
     resume_step: int = opt(0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh")
-    report_to: Literal["tensorboard", "wandb", "none"] = opt("tensorboard", "experiment tracker (offline-safe)")
+    report_to: Literal["tensorboard", "wandb", "none"] = opt(
+        "tensorboard", "experiment tracker of the scalars and sample grids (training/tracking.py; wandb also offline: "
+        "WANDB_MODE=offline)")
     log_every: int = opt(100, "log loss and throughput every N steps")
     sample_every: int = opt(10_000, "write an EMA sample grid every N steps (0 = only at the end)")
     sample_low_budget: float = opt(0.25, "ELIT: the low budget of the sample grids (the other is full)")
