@@ -62,7 +62,8 @@ def test_reference_names_and_lists_are_validated_before_anything_loads():
             encoder_names(bad)
         assert "\n" not in str(err.value)
     # Read from the options: the reference's enc_type and our repa_encoder, flag and YAML.
-    assert parse_config(TrainConfig, ["--enc-type", "dinov2-vit-b,clip-vit-L"]).repa_encoder == "dinov2-vit-b,clip-vit-L"
+    cfg = parse_config(TrainConfig, ["--enc-type", "dinov2-vit-b,clip-vit-L"])
+    assert cfg.repa_encoder == "dinov2-vit-b,clip-vit-L"
     with pytest.raises(UserError, match="unknown REPA encoder 'clip-vit-Q'"):
         parse_config(TrainConfig, ["--repa-encoder", "clip-vit-Q"])
 
@@ -77,7 +78,8 @@ def test_weights_paths_are_local_and_checked_first(tmp_path):
     with pytest.raises(UserError, match="no weights for REPA encoder 'mae-vit-l'"):
         weight_paths(names, str(tmp_path))
     (tmp_path / "mae-vit-l.pth").write_bytes(b"x")
-    assert weight_paths(names, str(tmp_path)) == [str(tmp_path / "dinov2-vit-s.safetensors"), str(tmp_path / "mae-vit-l.pth")]
+    assert weight_paths(names, str(tmp_path)) == [str(tmp_path / "dinov2-vit-s.safetensors"),
+                                                  str(tmp_path / "mae-vit-l.pth")]
     with pytest.raises(UserError, match="weights file not found: .*missing.pt"):
         weight_paths(names, f"{tmp_path / 'mae-vit-l.pth'},{tmp_path / 'missing.pt'}")
     assert weight_paths(["dinov2_vitb14"], None) == [None]            # torch.hub: its own cache

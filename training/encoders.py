@@ -135,14 +135,15 @@ def weight_paths(names: list[str], path: Optional[str]) -> list[Optional[str]]:
             out.append(given)
             continue
         if given is not None and os.path.isdir(given):
-            found = [os.path.join(given, name + s) for s in WEIGHT_SUFFIXES if os.path.isfile(os.path.join(given, name + s))]
+            found = [f for f in (os.path.join(given, name + s) for s in WEIGHT_SUFFIXES) if os.path.isfile(f)]
             if not found:
                 raise UserError(f"no weights for REPA encoder '{name}' in {given}: expected {name}.safetensors "
                                 f"(or .pth/.pt/.bin); nothing is downloaded")
             given = found[0]
         if given is None:
-            raise UserError(f"REPA encoder '{name}' needs a local weights file ({ENCODERS[name].arch} state dict): set "
-                            "repa_encoder_path to the file (or to a folder of NAME.safetensors files); nothing is downloaded")
+            raise UserError(f"REPA encoder '{name}' needs a local weights file ({ENCODERS[name].arch} state dict): "
+                            "set repa_encoder_path to the file (or to a folder of NAME.safetensors files); nothing is "
+                            "downloaded")
         if not os.path.isfile(given):
             raise UserError(f"REPA encoder '{name}': weights file not found: {given}")
         out.append(given)
