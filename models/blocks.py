@@ -166,13 +166,45 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-def repa_projector(hidden_size: int, z_dim: int, projector_dim: int = 2048) -> nn.Sequential:
-    """REPA's 3-layer projector D -> 2048 -> 2048 -> z_dim with SiLU (Yu et al., 2025)."""
+def _projector_mlp(hidden_size: int, z_dim: int, projector_dim: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(hidden_size, projector_dim), nn.SiLU(),
         nn.Linear(projector_dim, projector_dim), nn.SiLU(),
         nn.Linear(projector_dim, z_dim),
     )
+
+
+class MultiProjector(nn.Module):
+    """One REPA projector per target encoder: (B, N, D) -> (B, N, sum z_k), the unit-normalised projections
+    concatenated.
+
+    REPA averages the negative cosine similarity over its encoders. With every part unit-normalised (here, and
+    the targets in `training/repa.py`), the cosine of the concatenations is exactly that average:
+    cos([a/|a|, b/|b|], [c/|c|, d/|d|]) = (cos(a, c) + cos(b, d)) / 2, so the one loss term
+    (`loss.repa_projection_loss`) serves any number of encoders.
+    """
+
+    def __init__(self, hidden_size: int, z_dims, projector_dim: int = 2048):
+        super().__init__()
+        self.z_dims = [int(z) for z in z_dims]
+        self.heads = nn.ModuleList(_projector_mlp(hidden_size, z, projector_dim) for z in self.z_dims)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.normalize(head(h), dim=-1) for head in self.heads], dim=-1)   # (B, N, sum z_k)
+
+
+def repa_projector(hidden_size: int, z_dim, projector_dim: int = 2048) -> nn.Module:
+    """REPA's 3-layer projector D -> 2048 -> 2048 -> z_dim with SiLU (Yu et al., 2025).
+
+    z_dim an int (one encoder): the plain MLP (keys `projector.{0,2,4}.*`, the reference's `projectors.0.*`);
+    a list of widths (several encoders, `--enc-type A,B`): a `MultiProjector` (keys `projector.heads.K.*`).
+    A one-element list is the plain MLP too, so one encoder has the same keys however it was named.
+    """
+    if isinstance(z_dim, (list, tuple)):
+        if len(z_dim) != 1:
+            return MultiProjector(hidden_size, z_dim, projector_dim)
+        z_dim = z_dim[0]
+    return _projector_mlp(hidden_size, int(z_dim), projector_dim)
 
 
 def unpatchify(x: torch.Tensor, grid_h: int, grid_w: int, patch: int, channels: int) -> torch.Tensor:

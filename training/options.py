@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from models import FAMILIES, constructor_defaults, parse_model_name
+from training.encoders import encoder_names
 from training.reference_keys import REFERENCE_KEYS
 from utils.cli import opt
 from utils.errors import UserError
@@ -42,12 +43,18 @@ class LossOptions:
     label_dropout: float = opt(0.1, "probability of replacing a label by the null label (classifier-free guidance)")
     proj_coeff: float = opt(0.0, "REPA loss weight (0 = off)")
     repa_depth: int = opt(0, "block (1-indexed) whose tokens the REPA projector reads (0 = no projector)")
-    repa_encoder: str = opt("dinov2_vitb14", "REPA target encoder: a torch.hub DINOv2 name")
-    repa_encoder_path: Optional[str] = opt(None, "local torch.hub repo folder or weights file for the REPA encoder")
+    repa_encoder: str = opt("dinov2_vitb14", "REPA target encoder(s) (the reference's enc_type): a torch.hub DINOv2 "
+                            "name, or timm names such as dinov2-vit-b, dinov2-vit-b-reg, dinov1-vit-b, clip-vit-L, "
+                            "mocov3-vit-b, mae-vit-l, jepa-vit-h (local weights), comma-separated for several")
+    repa_encoder_path: Optional[str] = opt(None, "REPA encoder weights: a file, one file per encoder (comma list) or a "
+                                           "folder of NAME.safetensors; for torch.hub names also a local hub repo")
     elit_min_mask_prob: Optional[float] = opt(None, "ELIT: lowest mask probability (1 - budget) drawn in training (default: max, a single budget)")
     elit_max_mask_prob: Optional[float] = opt(None, "ELIT: highest mask probability (default 0 = full budget; 1 - 1/g^2 when only the min is set)")
     dfm_stage_weights: Optional[list[float]] = opt(None, "DFM: probability of each highest-active stage (default 0.9, 0.1)")
     dfm_low_stage_location: float = opt(-2.0, "DFM: logit-normal location of the times of stages below the drawn one")
+
+    def __post_init__(self):
+        encoder_names(self.repa_encoder)     # encoder names are checked when the options are read, before any load
 
 
 @dataclass
@@ -77,7 +84,9 @@ class RunOptions:
                                        "pass (less activation memory, ~1/3 more compute; results unchanged)")
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)")
     resume_step: int = opt(0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh")
-    report_to: Literal["tensorboard", "wandb", "none"] = opt("tensorboard", "experiment tracker (offline-safe)")
+    report_to: Literal["tensorboard", "wandb", "none"] = opt(
+        "tensorboard", "experiment tracker of the scalars and sample grids (training/tracking.py; wandb also offline: "
+        "WANDB_MODE=offline)")
     log_every: int = opt(100, "log loss and throughput every N steps")
     sample_every: int = opt(10_000, "write an EMA sample grid every N steps (0 = only at the end)")
     sample_low_budget: float = opt(0.25, "ELIT: the low budget of the sample grids (the other is full)")

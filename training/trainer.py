@@ -46,8 +46,9 @@ from models import build_model
 from models.checkpoint import atomic_save, latest_checkpoint
 from training.grids import grid_low_budget, write_sample_grids
 from training.options import TrainConfig, model_overrides
-from training.repa import load_repa_encoder, target_features
+from training.repa import load_repa_encoders, target_features
 from training.state import checkpoint_state, restore_state, step_seed
+from training.tracking import grid_tags, open_tracker
 from utils.cli import save_config, to_dict
 from utils.errors import UserError, user_errors
 
@@ -83,7 +84,7 @@ class Trainer:
         if cfg.proj_coeff > 0:
             if not cfg.repa_depth:
                 raise UserError("proj_coeff > 0 needs repa_depth (the block whose tokens the projector reads)")
-            self.encoder = load_repa_encoder(cfg.repa_encoder, cfg.repa_encoder_path, "cpu")
+            self.encoder = load_repa_encoders(cfg.repa_encoder, cfg.repa_encoder_path, "cpu")
             repa = dict(repa_depth=cfg.repa_depth, repa_z_dim=self.encoder.embed_dim)
         elif cfg.repa_depth:
             repa = dict(repa_depth=cfg.repa_depth)
@@ -103,7 +104,6 @@ class Trainer:
                if model.may_leave_parameters_unused else [])
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu,
-            log_with=None if cfg.report_to == "none" else cfg.report_to,
             project_dir=os.path.join(cfg.output_dir, cfg.exp_name, "logs"), kwargs_handlers=ddp)
         acc = self.accelerator
         self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
@@ -308,8 +308,9 @@ class Trainer:
             if self.grid_note:                                          # also on the console: it changes outputs
                 self.log(self.grid_note)
                 print(f"note: {self.grid_note}", file=sys.stderr, flush=True)
-        acc.init_trackers(cfg.exp_name.replace("/", "_"), config={k: v for k, v in to_dict(cfg).items()
-                                                                  if isinstance(v, (int, float, str, bool))})
+        # Scalars and sample grids (training/tracking.py); a missing tracker package stops the run here.
+        tracker = open_tracker(cfg.report_to, os.path.join(self.exp_dir, "logs"), cfg.exp_name, to_dict(cfg),
+                               enabled=self.is_main)
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
                    dynamic_ncols=True)
         batches = self.micro_batches()
@@ -322,7 +323,7 @@ class Trainer:
                 loss = acc.reduce(self.loss_sum, "mean").item() / ((self.step - s0) * cfg.gradient_accumulation_steps)
                 rate = (self.step - s0) * cfg.global_batch_size / (time.time() - t0)
                 lr = self.scheduler.get_last_lr()[0]
-                acc.log({"loss": loss, "img_per_s": rate, "lr": lr}, step=self.step)
+                tracker.log_scalars({"loss": loss, "img_per_s": rate, "lr": lr}, step=self.step)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                 self.log(f"step {self.step}: loss {loss:.5f}, {rate:.1f} img/s, lr {lr:.3g}")
                 self.loss_sum.zero_()
@@ -330,7 +331,10 @@ class Trainer:
             if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
                 self.log(f"saved {self.save()}")
             if cfg.sample_every and self.step % cfg.sample_every == 0 or self.step == cfg.max_train_steps:
-                for path in self.sample_grids():
+                paths = self.sample_grids()
+                for path in paths:
                     self.log(f"sample grid {path}")
+                tracker.log_images(grid_tags(paths), step=self.step)
         bar.close()
+        tracker.close()
         acc.end_training()
