@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -37,7 +39,7 @@ import torch.nn as nn
 from utils.errors import UserError, run_main, user_errors
 
 from . import FAMILIES, SIZES, DFMSiT, ELITSiT, SiT, build_model, parse_model_name
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, verify_zip
 
 READ = "input_token_editor.adapters.0."
 WRITE = "output_token_editor.adapters.0."
@@ -170,9 +172,21 @@ def convert_reference(family: str, state_dict: dict, config: dict, name: str | N
 
 # ----------------------------------------------------------------------------------------------------------
 def load_reference_checkpoint(path: str) -> dict:
-    """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else. A missing,
+    truncated, corrupt or foreign file is a one-line UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"reference checkpoint not found: {path}")
+    if zipfile.is_zipfile(path):
+        verify_zip(path, "reference checkpoint")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read reference checkpoint {path}: corrupt, truncated or not a checkpoint ({first})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a reference checkpoint (a dict with 'ema'/'model' and 'args')")
+    return ckpt
 
 
 def main(argv=None) -> None:
@@ -193,7 +207,8 @@ def main(argv=None) -> None:
         name = args.model or ref_args.get("model")
         if not name:
             raise UserError("pass --model: the checkpoint does not name its model")
-        family, _, _ = parse_model_name(name)
+        with user_errors():
+            family, _, _ = parse_model_name(name)
         cfg = config_from_reference(family, ref_args)
         if args.resolution:
             cfg["input_size"] = args.resolution // REFERENCE_LATENT_FACTOR
@@ -205,8 +220,11 @@ def main(argv=None) -> None:
         conversion = CONVERSIONS[FAMILIES[family]]
         if not set(conversion.required) <= set(cfg):
             raise UserError(conversion.required_hint)
-        with user_errors():
-            model = convert_reference(family, ckpt[args.entry], cfg, name=name)
+        with user_errors(f"{args.ckpt} does not convert to {name}: "):
+            try:
+                model = convert_reference(family, ckpt[args.entry], cfg, name=name)
+            except (KeyError, RuntimeError, AttributeError) as e:      # shapes or keys of another family
+                raise ValueError(str(e).strip().splitlines()[0][:300]) from e
         sd = model.state_dict()
         step = int(ckpt.get("steps", ckpt.get("step", 0)) or 0)
         atomic_save({"model": sd, "ema": sd, "arch": model.arch, "step": step,
