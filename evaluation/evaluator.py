@@ -137,6 +137,20 @@ def _check_same_size(samples_shape, ref_image_shape) -> None:
                              f"reference's resolution")
 
 
+def check_inputs(samples, ref):
+    """The samples as images (`as_images`), checked readable and of the reference images' size (a reference
+    path without images, statistics only, is checked later against its stored image shape, if any)."""
+    images = as_images(samples, "samples")
+    if not isinstance(ref, Mapping):
+        try:
+            ref_shape = as_images(ref, "reference").shape
+        except EvalInputError:
+            ref_shape = None
+        if ref_shape is not None:
+            _check_same_size(images.shape, ref_shape[1:])
+    return images
+
+
 def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, fdd_network: Optional[FeatureNetwork] = None,
              fdd_ref: Optional[Mapping] = None, labels=None, batch_size: int = 100, cache_ref: bool = False,
              progress: bool = False) -> dict:
@@ -153,14 +167,7 @@ def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, fdd_netw
     Metrics the network cannot give are None: sFID without spatial features, IS without logits, accuracy without
     labels or for Inception (its 1008 outputs are not the dataset's class indices)."""
     start = time.time()
-    images = as_images(samples, "samples")                  # validate the samples before any computation
-    if not isinstance(ref, Mapping):                        # and their size against the reference images'
-        try:
-            ref_shape = as_images(ref, "reference").shape
-        except EvalInputError:
-            ref_shape = None                                # no images (statistics only): checked below if cached
-        if ref_shape is not None:
-            _check_same_size(images.shape, ref_shape[1:])
+    images = check_inputs(samples, ref)                     # validate the samples before any computation
     network = network if network is not None else load_network()
     wanted = [network] + ([fdd_network] if fdd_network is not None and fdd_ref is None else [])
     if isinstance(ref, Mapping):
