@@ -8,13 +8,14 @@
 Clusters send SIGTERM before killing a job (SLURM, Kubernetes; SLURM can send SIGUSR1 early with
 `--signal=USR1@120`), a user presses Ctrl-C (SIGINT). The handler only sets a flag: the step in flight
 finishes, so the checkpoint is the state after a whole step, the one a resumed run continues exactly. A
-second signal while the first is being honoured stops at once (the default action).
+second Ctrl-C stops at once (the default action); further SIGTERM / SIGUSR1 (a scheduler repeating itself, a
+launcher forwarding what the rank also got) do not interrupt the save.
 
 Agreement. Every rank must stop at the same step, or the ranks that go on hang in their next all-reduce. The
 flag is all-reduced (max) once per step on a CPU (gloo) group, asynchronously: the reduction started after step
 k is read after step k+1, so it never waits on the GPU and costs no device-to-host copy; all ranks then stop
 after the same step, one step after the first signal. Launchers: torchrun forwards SIGTERM/SIGINT to every
-rank (and SIGKILLs them 30 s later); `accelerate launch` with one process does not forward, so a process
+rank (and SIGKILLs them after $TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30 s); `accelerate launch` with one process does not forward, so a process
 started by a launcher asks the kernel for SIGTERM when its parent dies (`follow_parent`): no orphan.
 """
 
@@ -74,11 +75,11 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signum:                  # a second signal: give up the graceful stop
+        if self.signum and signum == signal.SIGINT:      # Ctrl-C twice: give up the graceful stop
             self.restore()
             signal.raise_signal(signum)
             return
-        self.signum = signum
+        self.signum = self.signum or signum
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
