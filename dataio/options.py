@@ -18,7 +18,7 @@ class ConvertConfig:
     transform: Literal["center-crop-dhariwal", "center-crop", "center-crop-wide"] = opt(
         "center-crop-dhariwal", "resize/crop: ADM's (Dhariwal & Nichol), plain center crop, or wide crop")
     max_images: Optional[int] = opt(None, "keep this many images, taken round-robin over the classes", ge=1)
-    num_workers: Optional[int] = opt(None, "decode/resize processes (default: all CPU cores)", ge=1)
+    num_workers: Optional[int] = opt(None, "decode/resize processes (default: all CPU cores; 0 = in this process)", ge=0)
 
 
 @dataclass

@@ -19,9 +19,9 @@ class SamplingOptions:
     cfg_scale: float = opt(1.0, "classifier-free guidance scale (1 = no guidance)", ge=0)
     guidance_low: float = opt(0.0, "guidance is applied for guidance_low <= t <= guidance_high", ge=0, le=1)
     guidance_high: float = opt(1.0, "see guidance_low", ge=0, le=1)
-    inference_budget: Optional[float] = opt(None, "ELIT budget of the (conditional) pass (None = full)", gt=0, le=1)
+    inference_budget: Optional[float] = opt(None, "ELIT budget of the (conditional) pass (None = full)", gt=0)
     unconditional_inference_budget: Optional[float] = opt(
-        None, "ELIT: budget of the unconditional guidance pass (cheap CFG), e.g. 0.0625", gt=0, le=1)
+        None, "ELIT: budget of the unconditional guidance pass (cheap CFG), e.g. 0.0625", gt=0)
     autoguidance: bool = opt(False, "ELIT: the low-budget guidance pass keeps the real label (autoguidance)")
     budget_schedule: Optional[str] = opt(
         None, "ELIT budget as a function of t: 'T1:B1,T2:B2,...' uses B_i while t >= T_i (first match)")
@@ -68,7 +68,7 @@ class InferenceConfig(SamplingOptions, OutputOptions):
     num_images: int = opt(4, "images per budget (same noise for every budget)", ge=1)
     guidance_scale: float = opt(4.0, "scale of the guidance rows (CFG, cheap CFG, autoguidance); the budget rows "
                                 "use cfg_scale", ge=0)
-    budgets: Optional[list[float]] = opt(None, "budgets to run (default: every valid level)", gt=0, le=1)
+    budgets: Optional[list[float]] = opt(None, "budgets to run (default: every valid level)", gt=0)
     latency_batch_size: int = opt(64, "batch size of the latency measurement", ge=1)
     latency_repeats: int = opt(5, "timed forwards per budget (after warm-up)", ge=1)
     output_dir: str = opt("multibudget", "where results.json, plots and the grid go")

@@ -82,7 +82,7 @@ class RunOptions:
     report_to: Literal["tensorboard", "wandb", "none"] = opt("tensorboard", "experiment tracker (offline-safe)")
     log_every: int = opt(100, "log loss and throughput every N steps", ge=1)
     sample_every: int = opt(10_000, "write an EMA sample grid every N steps (0 = only at the end)", ge=0)
-    sample_low_budget: float = opt(0.25, "ELIT: the low budget of the sample grids (the other is full)", gt=0, le=1)
+    sample_low_budget: float = opt(0.25, "ELIT: the low budget (a fraction) of the sample grids (the other is full)", gt=0, le=1)
     progress: bool = opt(True, "show a progress bar")
 
 

@@ -8,7 +8,9 @@ value used, so each option has a policy (`POLICY`, checked complete by tests/tes
     override   refused unless named in `--allow-resume-change KEY[,KEY]`; then applied for real (optimizer
                hyper-parameters are written into the restored optimizer and scheduler: `apply_optimizer_settings`),
                logged, and recorded in config.yaml and the next checkpoints
-    fixed      refused: the checkpoint cannot continue under another value (the model, the batch layout)
+    fixed      refused: the checkpoint cannot continue under another value (the batch layout)
+    arch       the model's settings: compared through the model they build (`restore_state` refuses a checkpoint
+               whose `arch` differs, naming the settings), so `elit_head_depth: 2` matches a default of 2
 
 A refusal is one line naming the key, the checkpoint's value and the new one.
 """
@@ -21,7 +23,7 @@ from typing import Callable, Optional
 from models.checkpoint import latest_checkpoint
 from utils.errors import UserError
 
-FREE, OVERRIDE, FIXED = "free", "override", "fixed"
+FREE, OVERRIDE, FIXED, ARCH = "free", "override", "fixed", "arch"
 
 POLICY = {
     # run control
@@ -35,10 +37,10 @@ POLICY = {
     "path_type": OVERRIDE, "weighting": OVERRIDE, "label_dropout": OVERRIDE, "proj_coeff": OVERRIDE,
     "elit_min_mask_prob": OVERRIDE, "elit_max_mask_prob": OVERRIDE, "dfm_stage_weights": OVERRIDE,
     "dfm_low_stage_location": OVERRIDE, "repa_encoder": OVERRIDE, "seed": OVERRIDE, "data_dir": OVERRIDE,
-    # the checkpoint's model and batch layout
-    "model": FIXED, "resolution": FIXED, "qk_norm": FIXED, "elit_group_size": FIXED, "elit_head_depth": FIXED,
-    "elit_tail_depth": FIXED, "elit_write_depth": FIXED, "elit_write_dropped_latents": FIXED, "dfm_stages": FIXED,
-    "repa_depth": FIXED, "global_batch_size": FIXED, "gradient_accumulation_steps": FIXED,
+    # the checkpoint's model (compared as built) and batch layout
+    "model": ARCH, "resolution": ARCH, "qk_norm": ARCH, "elit_group_size": ARCH, "elit_head_depth": ARCH,
+    "elit_tail_depth": ARCH, "elit_write_depth": ARCH, "elit_write_dropped_latents": ARCH, "dfm_stages": ARCH,
+    "repa_depth": ARCH, "global_batch_size": FIXED, "gradient_accumulation_steps": FIXED,
 }
 
 # Optimizer settings live in the restored optimizer's param groups: name -> (group key, value from the options).
@@ -78,7 +80,7 @@ def allowed_changes(cfg) -> set:
     for name in sorted(names):
         if name not in POLICY:
             raise UserError(f"--allow-resume-change: unknown setting '{name}'")
-        if POLICY[name] == FIXED:
+        if POLICY[name] in (FIXED, ARCH):
             raise UserError(f"--allow-resume-change: '{name}' cannot change on resume (the checkpoint's model or "
                             f"batch layout depends on it); start a new run")
     return names
@@ -89,7 +91,7 @@ def check_changes(saved: dict, cfg, path: str) -> list[tuple[str, object, object
     allowed = allowed_changes(cfg)
     changes = []
     for name, policy in POLICY.items():
-        if name not in saved or policy == FREE:
+        if name not in saved or policy in (FREE, ARCH):
             continue
         old, new = saved[name], getattr(cfg, name)
         if old == new:

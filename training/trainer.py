@@ -15,7 +15,9 @@ Gradient clipping is folded into the fused AdamW kernel: the kernel divides grad
 skips the update when `found_inf` is set (the protocol torch's GradScaler uses), so clipping costs one norm
 and no extra pass over the gradients, and a non-finite gradient never reaches the weights. The first step
 with a non-finite loss is recorded on the device; the run stops at the next log or checkpoint with a message
-naming that step, without writing a checkpoint.
+naming that step, without writing a checkpoint. SIGTERM, SIGINT and SIGUSR1 (a preempting scheduler, Ctrl-C)
+finish the step in flight, save it on every rank and end the run (`utils/signals.py`); `training/resume.py`
+says which checkpoint a run continues and which options may change on resume.
 
 The trainer compares no family name and never asks the data kind. The model's family picks its
 objective once (`loss.OBJECTIVES`), which validates the options and draws each step's condition and noise; the
@@ -316,8 +318,10 @@ class Trainer:
         stop = StopRequest().install()
         try:
             self.loop(bar, batches, stop, t0, s0)
-        finally:
-            stop.close()
+        except BaseException:
+            stop.close(wait=False)                  # other ranks may never start the matching reduction
+            raise
+        stop.close()
         bar.close()
         acc.end_training()
         if stop.stopped_by and self.is_main:

@@ -5,7 +5,8 @@
 Values come from, in increasing precedence: the schema's defaults, each `--config FILE.yaml` in the order
 given (a later file overrides an earlier one), command-line flags. Flags accept dashes or underscores (so do
 YAML keys); booleans are negatable (`--compile` / `--no-compile`); Optional values accept `none`; lists take
-several values (`--budgets 1 0.5 0.25`). `--print-config` prints the resolved YAML and exits; `save_config`
+several values (`--budgets 1 0.5 0.25`); a field typed `Union[int, Literal["auto"]]` takes either (`--resume-step
+auto`, `--resume-step -1`). `--print-config` prints the resolved YAML and exits; `save_config`
 writes it beside every run. This module knows nothing of models or data: each schema lives beside the code
 it configures (`training/options.py`, `sampling/options.py`, ...).
 

@@ -101,11 +101,12 @@ class StopRequest:
         self.stopped_by = decided
         return bool(decided)
 
-    def close(self) -> None:
-        """Finish the reduction in flight (every rank started the same ones) and restore the handlers."""
-        if self._pending is not None:
+    def close(self, wait: bool = True) -> None:
+        """Finish the reduction in flight (every rank started the same ones; `wait=False` when this rank is
+        leaving on an error) and restore the handlers."""
+        if self._pending is not None and wait:
             self._pending[0].wait()
-            self._pending = None
+        self._pending = None
         self.restore()
 
     @property
