@@ -309,6 +309,16 @@ def test_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path, m
     assert not glob.glob(str(tmp_path / ".tmp-*"))
 
 
+def test_full_disk_in_demo_is_one_line(tmp_path, monkeypatch, capsys):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    code = run_cli("demo", ["demo", "--dest", str(tmp_path / "demo"), "--num-images", "8", "--resolution", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "demo.partial" in err[0] and "No space left" in err[0], err
+    assert not (tmp_path / "demo").exists()                       # no dataset claims to be finished
+
+
 def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
