@@ -183,7 +183,8 @@ def load_reference_checkpoint(path: str) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot read reference checkpoint {path}: corrupt, truncated or not a checkpoint ({first})") from None
+        raise UserError(f"cannot read reference checkpoint {path}: corrupt, truncated or not a checkpoint "
+                        f"({first})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a reference checkpoint (a dict with 'ema'/'model' and 'args')")
     return ckpt

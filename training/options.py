@@ -39,13 +39,16 @@ class DataOptions:
 class LossOptions:
     path_type: Literal["linear", "cosine"] = opt("linear", "interpolation path: linear (rectified flow) or cosine (GVP)")
     weighting: Literal["uniform", "lognormal"] = opt("uniform", "training time distribution")
-    label_dropout: float = opt(0.1, "probability of replacing a label by the null label (classifier-free guidance)", ge=0, le=1)
+    label_dropout: float = opt(0.1, "probability of replacing a label by the null label (classifier-free guidance)",
+                               ge=0, le=1)
     proj_coeff: float = opt(0.0, "REPA loss weight (0 = off)", ge=0)
     repa_depth: int = opt(0, "block (1-indexed) whose tokens the REPA projector reads (0 = no projector)", ge=0)
     repa_encoder: str = opt("dinov2_vitb14", "REPA target encoder: a torch.hub DINOv2 name")
     repa_encoder_path: Optional[str] = opt(None, "local torch.hub repo folder or weights file for the REPA encoder")
-    elit_min_mask_prob: Optional[float] = opt(None, "ELIT: lowest mask probability (1 - budget) drawn in training (default: max, a single budget)", ge=0, lt=1)
-    elit_max_mask_prob: Optional[float] = opt(None, "ELIT: highest mask probability (default 0 = full budget; 1 - 1/g^2 when only the min is set)", ge=0, lt=1)
+    elit_min_mask_prob: Optional[float] = opt(
+        None, "ELIT: lowest mask probability (1 - budget) drawn in training (default: max, a single budget)", ge=0, lt=1)
+    elit_max_mask_prob: Optional[float] = opt(
+        None, "ELIT: highest mask probability (default 0 = full budget; 1 - 1/g^2 when only the min is set)", ge=0, lt=1)
     dfm_stage_weights: Optional[list[float]] = opt(None, "DFM: probability of each highest-active stage (default 0.9, 0.1)", ge=0)
     dfm_low_stage_location: float = opt(-2.0, "DFM: logit-normal location of the times of stages below the drawn one")
 
@@ -75,7 +78,8 @@ class RunOptions:
     compile: bool = opt(False, "torch.compile the model")
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)", ge=1)
     resume_step: Union[int, Literal["auto"]] = opt(
-        0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh; auto = the latest when there is one, else start fresh (one command line for a requeued job)", ge=-1)
+        0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh; auto = the latest when there is "
+           "one, else start fresh (one command line for a requeued job)", ge=-1)
     allow_resume_change: Optional[str] = opt(
         None, "KEY[,KEY]: settings allowed to differ from the checkpoint's on resume (e.g. learning_rate); the "
               "new values are applied and logged (policy: training/resume.py)")

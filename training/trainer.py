@@ -315,7 +315,7 @@ class Trainer:
                    dynamic_ncols=True)
         batches = self.micro_batches()
         t0, s0 = time.time(), self.step
-        stop = StopRequest().install()
+        stop = StopRequest().install(self.device)
         try:
             self.loop(bar, batches, stop, t0, s0)
         except BaseException:

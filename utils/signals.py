@@ -1,9 +1,9 @@
 """Graceful stops: SIGTERM / SIGINT / SIGUSR1 become a request that a loop honours at its next step boundary.
 
-    stop = StopRequest().install()       # in the training process, before the loop
+    stop = StopRequest().install(device)  # in the training process, before the loop
     ...
-    if stop.agreed():                    # once per step: True on every rank at the same step
-        save(); print(stop.resume_hint)
+    if stop.agreed():                     # once per step: True on every rank at the same step
+        save(); print(f"stopped by {stop.name} ...")
 
 Clusters send SIGTERM before killing a job (SLURM, Kubernetes; SLURM can send SIGUSR1 early with
 `--signal=USR1@120`), a user presses Ctrl-C (SIGINT). The handler only sets a flag: the step in flight
@@ -14,9 +14,12 @@ launcher forwarding what the rank also got) do not interrupt the save.
 Agreement. Every rank must stop at the same step, or the ranks that go on hang in their next all-reduce. The
 flag is all-reduced (max) once per step on a CPU (gloo) group, asynchronously: the reduction started after step
 k is read after step k+1, so it never waits on the GPU and costs no device-to-host copy; all ranks then stop
-after the same step, one step after the first signal. Launchers: torchrun forwards SIGTERM/SIGINT to every
-rank (and SIGKILLs them after $TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30 s); `accelerate launch` with one process does not forward, so a process
-started by a launcher asks the kernel for SIGTERM when its parent dies (`follow_parent`): no orphan.
+after the same step, one step after the first signal. (Where no gloo group can be made, the default group
+agrees every FALLBACK_EVERY steps instead: a device sync that often, not every step.)
+
+Launchers. torchrun forwards SIGTERM/SIGINT to every rank (and SIGKILLs them after
+$TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds, default 30); `accelerate launch` with one process does not forward, so
+a process started by a launcher asks the kernel for SIGTERM when its parent dies (`follow_parent`): no orphan.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch.distributed as dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _PR_SET_PDEATHSIG = 1                    # linux/prctl.h
+FALLBACK_EVERY = 10                      # steps between agreements without a gloo group
 _LAUNCHER_ENV = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU")
 
 
@@ -64,14 +68,21 @@ class StopRequest:
         self._previous = {}
         self._group = None
         self._pending = None             # (work, tensor) of the reduction started after the previous step
+        self._device, self._every, self._calls = None, 1, 0
 
-    def install(self) -> "StopRequest":
+    def install(self, device=None) -> "StopRequest":
+        """Handle the stop signals; under a process group, prepare the per-step agreement (`device`: where the
+        fallback reduction runs when no gloo group can be made, e.g. no usable network interface for gloo)."""
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         follow_parent()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            self._group = dist.new_group(backend="gloo")     # host-side: no CUDA sync for one integer
+            try:
+                self._group = dist.new_group(backend="gloo")     # host-side: no CUDA sync for one integer
+            except (RuntimeError, ValueError):
+                # The default group on `device`: reading its result syncs the stream, so only every 10 steps.
+                self._group, self._device, self._every = dist.group.WORLD, device, FALLBACK_EVERY
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -91,12 +102,15 @@ class StopRequest:
         if self._group is None:
             self.stopped_by = self.signum
             return bool(self.signum)
+        self._calls += 1
+        if self._calls % self._every:
+            return False
         decided = 0
         if self._pending is not None:
             work, flag = self._pending
             work.wait()
-            decided = int(flag.item())   # a CPU tensor: no device sync
-        flag = torch.tensor([self.signum], dtype=torch.int64)
+            decided = int(flag.item())   # gloo: a CPU tensor, no device sync
+        flag = torch.tensor([self.signum], dtype=torch.int64, device=self._device)
         self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
         self.stopped_by = decided
         return bool(decided)
