@@ -210,6 +210,10 @@ def main(argv=None) -> None:
             raise UserError("pass --model: the checkpoint does not name its model")
         with user_errors():
             family, _, _ = parse_model_name(name)
+        recorded = _family_of(ref_args.get("model"))
+        if recorded is not None and recorded != family:
+            raise UserError(f"{args.ckpt} holds a {recorded} model ({ref_args['model']}); --model {name} is of "
+                            f"another family: pass a {recorded} name")
         cfg = config_from_reference(family, ref_args)
         if args.resolution:
             cfg["input_size"] = args.resolution // REFERENCE_LATENT_FACTOR
@@ -233,6 +237,14 @@ def main(argv=None) -> None:
         print(f"wrote {args.out} ({model.arch['name']})")
 
     run_main(lambda: run(p.parse_args(argv)))
+
+
+def _family_of(name) -> str | None:
+    """The family of a reference args.model in our vocabulary, or None (absent, or a name we do not parse)."""
+    try:
+        return parse_model_name(name)[0] if name else None
+    except ValueError:
+        return None
 
 
 def eval_literal(text: str):

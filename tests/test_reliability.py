@@ -121,7 +121,8 @@ CASES = [
     ("convert", ["--ckpt", "{truncated_ref}"], "corrupt"),
     ("convert", ["--ckpt", "{garbage}"], "corrupt"),
     ("convert", ["--model", "SiT-XXL/2"], "SiT-XXL/2"),
-    ("convert", ["--model", "DFM-SiT-S/2"], "DFM-SiT-S/2"),
+    ("convert", ["--model", "DFM-SiT-S/2"], "holds a ELIT-SiT model"),
+    ("convert", ["--entry", "opt"], "no 'opt' entry"),
 ]
 
 
