@@ -84,6 +84,7 @@ def main(argv=None) -> dict:
             raise UserError(f"{flag}: file not found: {path}")
     out = cfg.out or default_out_path(cfg)
     try:
+        evaluation.check_inputs(cfg.samples, cfg.ref)                  # sizes agree: checked before any work
         network = evaluation.load_network(cfg.inception_weights, cfg.feature_network, cfg.device)
         dinov2 = fdd_network(cfg)
         metrics = evaluation.evaluate(cfg.samples, cfg.ref, network, fdd_network=dinov2, batch_size=cfg.batch_size,

@@ -41,8 +41,13 @@ class SourceImages:
         return {**self.__dict__, "_images": None}
 
     def _read_png(self, i: int) -> np.ndarray:
-        with Image.open(os.path.join(self.folder, self.meta["labels"][i][0])) as img:
-            return np.array(img.convert("RGB"))
+        path = os.path.join(self.folder, self.meta["labels"][i][0])
+        try:
+            with Image.open(path) as img:
+                return np.array(img.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as e:     # truncated or corrupt (PIL: OSError, SyntaxError)
+            raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                            f"(a truncated or corrupt file: convert the source again or remove it)") from None
 
     def _read_array(self, i: int) -> np.ndarray:
         if self._images is None:

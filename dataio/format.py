@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from utils.atomic import write_json
+from utils.atomic import writable_dir, write_json
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
@@ -154,9 +154,12 @@ def begin_dataset(dest: str, recipe: dict, resume: bool = False) -> Optional[str
     is not a dataset, is never overwritten. With `resume`, an unfinished `dest.partial` of the same recipe
     is kept (its `progress.json` says how far it got); otherwise it is started afresh.
     """
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise UserError(f"output folder {dest} is a file, not a folder")
     if dataset_done(dest, recipe):
         return None
     dest = os.path.abspath(dest)
+    writable_dir(os.path.dirname(dest), "the output folder's parent")   # a read-only place: refused now
     recipe = _canonical(recipe)
     tmp = dest + ".partial"
     if os.path.exists(tmp):

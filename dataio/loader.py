@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from utils.errors import UserError
+from utils.signals import ignore_stop_signals
 
 
 class StepBatchSampler(Sampler):
@@ -107,7 +108,7 @@ class StepLoader(DataLoader):
 def make_loader(dataset, sampler: StepBatchSampler, num_workers: int = 0, pin_memory: bool = False) -> StepLoader:
     """A DataLoader yielding collated micro-batches (dicts of tensors); workers persist across iterations."""
     kwargs = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
-    if num_workers > 0:
-        kwargs["prefetch_factor"] = 4
+    if num_workers > 0:       # workers leave SIGTERM/SIGINT to the main process, which saves and ends them
+        kwargs.update(prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     return StepLoader(dataset, sampler, **kwargs)
 

@@ -28,8 +28,9 @@ def write_pixel_dataset(dest: str, make, class_names: list[str], recipe: dict, c
     assert images.dtype == np.uint8 and labels.shape == (n,)
     if n == 0:
         raise UserError("no images to write")
-    np.save(os.path.join(tmp, "images.npy"), images)
-    np.save(os.path.join(tmp, "labels.npy"), labels.astype(np.int64))
+    # through atomic_write: a full disk is one line naming the file (the finished dataset at `dest` is untouched)
+    atomic_write(os.path.join(tmp, "images.npy"), lambda f: np.save(f, images))
+    atomic_write(os.path.join(tmp, "labels.npy"), lambda f: np.save(f, labels.astype(np.int64)))
     meta = dict(kind="pixels", count=n, num_classes=len(class_names), class_names=list(class_names),
                 resolution=[h, w], channels=c, files={"images": "images.npy", "labels": "labels.npy"},
                 created_by=created_by, **extra)

@@ -80,15 +80,15 @@ Lower-level: `compute_features(_many)`, `reference_statistics_many`, `feature_st
 from .batches import ArrayImages, NpzImages, write_json
 from .dinov2 import DINOV2_ENV, DINOV2_FILENAME, DINOv2Features, find_dinov2_weights, load_dinov2
 from .errors import EvalInputError
-from .evaluator import (compute_features, compute_features_many, evaluate, reference_cache_path, reference_statistics,
-                        reference_statistics_many)
+from .evaluator import (check_inputs, compute_features, compute_features_many, evaluate, reference_cache_path,
+                        reference_statistics, reference_statistics_many)
 from .features import (INCEPTION_ENV, INCEPTION_FILENAMES, FeatureNetwork, InceptionV3Features, ScriptedFeatures,
                        find_inception_weights, load_network)
 from .metrics import (classifier_accuracy, feature_statistics, frechet_distance, inception_score, manifold_radii,
                       precision_recall)
 
 __all__ = [
-    "evaluate", "reference_statistics", "reference_statistics_many", "compute_features", "compute_features_many",
+    "evaluate", "check_inputs", "reference_statistics", "reference_statistics_many", "compute_features", "compute_features_many",
     "reference_cache_path", "load_network", "find_inception_weights", "load_dinov2", "find_dinov2_weights",
     "DINOv2Features", "DINOV2_ENV", "DINOV2_FILENAME", "FeatureNetwork", "InceptionV3Features", "ScriptedFeatures",
     "INCEPTION_ENV", "INCEPTION_FILENAMES", "frechet_distance", "feature_statistics", "inception_score", "precision_recall",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Optional, Sequence
 
@@ -131,6 +130,29 @@ def _given_statistics(ref: Mapping, what: str) -> dict:
     return stats
 
 
+def _check_same_size(samples_shape, ref_image_shape) -> None:
+    """Samples (N, H, W, C) and reference images (H, W, ...) must have one resolution: the features of
+    resized images of another size are not comparable (a 16 px batch scored against 8 px references)."""
+    if tuple(ref_image_shape)[:2] != tuple(samples_shape[1:3]):
+        raise EvalInputError(f"sample resolution {samples_shape[1]}x{samples_shape[2]} differs from the reference "
+                             f"images' {ref_image_shape[0]}x{ref_image_shape[1]}: generate samples at the "
+                             f"reference's resolution")
+
+
+def check_inputs(samples, ref):
+    """The samples as images (`as_images`), checked readable and of the reference images' size (a reference
+    path without images, statistics only, is checked later against its stored image shape, if any)."""
+    images = as_images(samples, "samples")
+    if not isinstance(ref, Mapping):
+        try:
+            ref_shape = as_images(ref, "reference").shape
+        except EvalInputError:
+            ref_shape = None
+        if ref_shape is not None:
+            _check_same_size(images.shape, ref_shape[1:])
+    return images
+
+
 def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, fdd_network: Optional[FeatureNetwork] = None,
              fdd_ref: Optional[Mapping] = None, labels=None, batch_size: int = 100, cache_ref: bool = False,
              progress: bool = False) -> dict:
@@ -147,7 +169,7 @@ def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, fdd_netw
     Metrics the network cannot give are None: sFID without spatial features, IS without logits, accuracy without
     labels or for Inception (its 1008 outputs are not the dataset's class indices)."""
     start = time.time()
-    images = as_images(samples, "samples")                  # validate the samples before any computation
+    images = check_inputs(samples, ref)                     # validate the samples before any computation
     network = network if network is not None else load_network()
     wanted = [network] + ([fdd_network] if fdd_network is not None and fdd_ref is None else [])
     if isinstance(ref, Mapping):
@@ -159,9 +181,8 @@ def evaluate(samples, ref, network: Optional[FeatureNetwork] = None, *, fdd_netw
     ref_stats, fdd_stats = ref_stats[0], (ref_stats[1] if len(ref_stats) > 1 else None)
     if fdd_ref is not None:
         fdd_stats = _given_statistics(fdd_ref, "FDD reference")
-    if "image_shape" in ref_stats and tuple(ref_stats["image_shape"])[:2] != images.shape[1:3]:
-        warnings.warn(f"samples are {images.shape[1]}x{images.shape[2]} but the reference images are "
-                      f"{ref_stats['image_shape'][0]}x{ref_stats['image_shape'][1]}", stacklevel=2)
+    if "image_shape" in ref_stats:
+        _check_same_size(images.shape, tuple(ref_stats["image_shape"]))
     if labels is None and isinstance(samples, (str, os.PathLike)):
         labels = read_labels(os.fspath(samples), len(images))
     if labels is not None and sorted_by_class(labels):      # no labels: nothing to check

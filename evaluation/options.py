@@ -1,4 +1,4 @@
-"""Options of evaluate.py (the only file of this package that imports from outside it: the generic CLI)."""
+"""Options of evaluate.py (the package's only file that imports from outside it: the CLI, the device check)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from utils.cli import opt
+from utils.device import check_device_name
 
 
 @dataclass
@@ -22,9 +23,12 @@ class EvalConfig:
               "$ELIT_DINOV2_WEIGHTS, then torch.hub's checkpoints folder, then the Hugging Face cache)")
     fdd: Optional[bool] = opt(None, "FDD: --fdd = required (a missing DINOv2 file is an error), --no-fdd = skip; "
                                     "default: computed when the DINOv2 weights are found, else skipped with a note")
-    batch_size: int = opt(100, "images per Inception (and DINOv2) forward")
+    batch_size: int = opt(100, "images per Inception (and DINOv2) forward", ge=1)
     device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
     cache_ref: bool = opt(False, "keep the reference batch's computed features beside it (REF.<network>.features.npz) and reuse them")
     check: bool = opt(False, "only locate and load the networks (Inception or --feature-network, DINOv2), say which "
                              "files they use and exit: eval.sh runs this before generating samples")
     out: Optional[str] = opt(None, "write the metrics as JSON here (default: SAMPLES_vs_REF[_NETWORK].json beside the samples)")
+
+    def __post_init__(self):
+        check_device_name(self.device)

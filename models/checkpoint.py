@@ -37,6 +37,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise UserError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
         raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a checkpoint of this repository")
+    verify_zip(path, "checkpoint")
     try:   # mmap: tensors are paged in when used, so a sampler does not hold the optimizer state in memory
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
@@ -47,6 +48,19 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise UserError(f"{path} is not a checkpoint of this repository (no 'arch' entry; convert reference "
                         "checkpoints with `python -m models.convert`)")
     return ckpt
+
+
+def verify_zip(path: str, what: str = "file") -> None:
+    """Check every member's CRC-32 (torch.save writes them; torch.load does not check them): a bit flipped on
+    disk or in a copy is refused here instead of being sampled from. Reads the file once (~1 s per GB)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
+        raise UserError(f"cannot read {what} {path}: corrupt or truncated ({str(e).splitlines()[0][:200]})") from None
+    if bad is not None:
+        raise UserError(f"{what} {path} is corrupt: the checksum (CRC-32) of its entry '{bad}' does not match; "
+                        f"copy it again or use another checkpoint")
 
 
 def model_from_checkpoint(ckpt: dict | str, weights: str = "ema") -> torch.nn.Module:

@@ -40,8 +40,10 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import pickle
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -51,7 +53,7 @@ import torch.nn as nn
 from utils.errors import UserError, run_main, user_errors
 
 from . import FAMILIES, SIZES, DFMSiT, ELITSiT, SiT, build_model, parse_model_name
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, verify_zip
 from .layouts import LAYOUTS, detect_layout, drop_projector, infer_settings, is_state_dict, to_reference
 
 READ = "input_token_editor.adapters.0."
@@ -242,9 +244,22 @@ def convert_state_dict(state_dict: dict, name: str | None = None, settings: dict
 
 # ----------------------------------------------------------------------------------------------------------
 def load_reference_checkpoint(path: str) -> dict:
-    """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # tensors paged in when used
+    """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else. A missing,
+    truncated, corrupt or foreign file is a one-line UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"reference checkpoint not found: {path}")
+    if zipfile.is_zipfile(path):
+        verify_zip(path, "reference checkpoint")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # paged in when used
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read reference checkpoint {path}: corrupt, truncated or not a checkpoint "
+                        f"({first})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a reference checkpoint (a dict with 'ema'/'model' and 'args')")
+    return ckpt
 
 
 def checkpoint_from_reference(ckpt: dict, source: str, entry: str = "ema", name: str | None = None,
@@ -263,6 +278,10 @@ def checkpoint_from_reference(ckpt: dict, source: str, entry: str = "ema", name:
         raise UserError(f"{source} does not name its model: pass --model (e.g. ELIT-SiT-XL/2)")
     with user_errors(f"{source}: "):
         family, _, _ = parse_model_name(name)
+    recorded = _family_of(ref_args.get("model"))
+    if recorded is not None and recorded != family:
+        raise UserError(f"{source} holds a {recorded} model ({ref_args['model']}); --model {name} is of another "
+                        f"family: pass a {recorded} name")
     cfg = config_from_reference(family, ref_args)
     if resolution:
         cfg["input_size"] = resolution // REFERENCE_LATENT_FACTOR
@@ -274,7 +293,7 @@ def checkpoint_from_reference(ckpt: dict, source: str, entry: str = "ema", name:
         inferred = conversion.infer(state_dict, cfg) if conversion.infer else {}
         try:
             model = convert_reference(family, state_dict, {**cfg, **inferred}, name=name)
-        except RuntimeError as e:                       # a tensor of the wrong shape for the model built
+        except (KeyError, RuntimeError, AttributeError) as e:  # shapes or keys of another family
             raise ValueError((str(e).strip().splitlines() or ["load_state_dict failed"])[-1].strip()) from None
     sd = model.state_dict()
     step = int(ckpt.get("steps", ckpt.get("step", 0)) or 0)
@@ -330,6 +349,14 @@ def main(argv=None) -> None:
         print(f"wrote {args.out} ({ours['arch']['name']})")
 
     run_main(lambda: run(p.parse_args(argv)))
+
+
+def _family_of(name) -> str | None:
+    """The family of a reference args.model in our vocabulary, or None (absent, or a name we do not parse)."""
+    try:
+        return parse_model_name(name)[0] if name else None
+    except ValueError:
+        return None
 
 
 def eval_literal(text: str):

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 import torch
 from safetensors import safe_open
@@ -29,7 +30,7 @@ from utils.atomic import atomic_write, write_json
 from utils.errors import UserError, run_main
 
 from . import build_from_arch
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, verify_zip
 from .convert import convert_state_dict
 from .layouts import LAYOUTS, detect_layout, is_state_dict
 
@@ -92,6 +93,8 @@ def read_checkpoint(path: str) -> dict:
     if os.path.isdir(path) or path.endswith(".safetensors"):
         return load_export(path)
     if os.path.isfile(path):
+        if zipfile.is_zipfile(path):
+            verify_zip(path, "checkpoint")      # a bit-flipped file is refused, not sampled from
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:        # corrupt or a pickle of classes: load_checkpoint gives the one-line error

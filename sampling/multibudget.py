@@ -40,7 +40,7 @@ from sampling.load import Decoder, image_resolution, load_for_sampling
 from sampling.options import InferenceConfig
 from sampling.plan import Budgets, resolve_plan
 from sampling.run import draw_inputs, prepare_model, run_sampler, sample_latents
-from utils.atomic import atomic_write, write_json
+from utils.atomic import atomic_write, writable_dir, write_json
 from utils.cli import reference_expectations, to_dict
 from utils.device import allow_tf32, pick_device
 from utils.errors import UserError, user_errors
@@ -147,6 +147,7 @@ def run(cfg: InferenceConfig) -> dict:
         raise UserError("num_images, latency_batch_size and latency_repeats must be >= 1")
     if cfg.guidance_scale == 1.0:
         raise UserError("guidance_scale 1 means no guidance: the guidance rows need a scale != 1")
+    writable_dir(cfg.output_dir, "output folder")                      # a file or read-only: refused now
     device = pick_device(cfg.device, 0)
     allow_tf32(device)
     model, ck = load_model(cfg, device)

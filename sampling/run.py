@@ -16,6 +16,7 @@ share (EDM2's generate_images pattern): it yields the uint8 images of one batch 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from models.graphs import fast_inference
@@ -31,7 +33,7 @@ from sampling.load import Decoder, load_for_sampling
 from sampling.options import GenerateConfig
 from sampling.plan import SamplingPlan, resolve_generation
 from sampling.shards import Batches, read_npz_shape
-from utils.atomic import write_json
+from utils.atomic import folder_lock, remove_stale_temps, writable_dir, write_json
 from utils.cli import reference_expectations, to_dict
 from utils.device import allow_tf32, pick_device
 from utils.errors import UserError
@@ -130,9 +132,29 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
     Output: `sample_dir/NAME/` (NAME: `GenerationPlan.folder_name`) with generation.json (settings, config,
     checkpoint), optional PNGs and per-batch shards; at the end `sample_dir/NAME.npz` (arr_0 uint8 (N, H, W, 3)
     in index order). Rerunning skips finished batches and never rewrites them; a finished .npz is never
-    rewritten; a folder of other settings is refused. Returns the .npz path (on every rank), or None when
-    `max_batches` (per process) stopped it early. Rank 0 prints progress and, last, the .npz path.
+    rewritten; a folder of other settings is refused. A second run into the same folder while one is writing
+    it is refused (`NAME.lock`; the lock of a dead run is taken over), and Ctrl-C is one line saying how to
+    resume. Returns the .npz path (on every rank), or None when `max_batches` (per process) stopped it early.
+    Rank 0 prints progress and, last, the .npz path.
     """
+    progress = dict(folder=cfg.sample_dir, done=0, total=0)
+    try:
+        return _run_generation(cfg, max_batches, progress)
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted: {progress['done']} of this process's {progress['total']} batches are saved "
+                        f"in {progress['folder']}; rerun the same command to resume") from None
+
+
+def _agree(env, device, ok: bool) -> bool:
+    """True on every rank iff `ok` on every rank (one all-reduce; no process group: `ok`)."""
+    if not env.initialized:
+        return ok
+    flag = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _run_generation(cfg: GenerateConfig, max_batches: Optional[int], progress: dict) -> Optional[str]:
     env = dist_env()
     main_proc = env.rank == 0
     say = (lambda message: print(message, flush=True)) if main_proc else (lambda message: None)
@@ -141,6 +163,7 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
         raise UserError("pass --ckpt (a checkpoint written by train.py or models.convert)")
     if cfg.num_samples < 1 or cfg.per_proc_batch_size < 1:
         raise UserError("num_samples and per_proc_batch_size must be >= 1")
+    writable_dir(cfg.sample_dir, "sample folder")                     # a file or read-only: refused now
     device = pick_device(cfg.device, env.local_rank)
     allow_tf32(device)
 
@@ -148,28 +171,48 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
     decoder = Decoder(ck.dataset_meta, cfg.vae)
     gen = resolve_generation(cfg, ck, decoder, device, warn=note)
     folder = os.path.join(cfg.sample_dir, gen.folder_name)
+    progress["folder"] = folder
     npz_path = folder + ".npz"
     settings = gen.settings()
     settings_path = os.path.join(folder, SETTINGS_FILE)
     if os.path.isfile(settings_path):
         check_settings(settings_path, settings)
 
-    if os.path.exists(npz_path):
+    def complete() -> bool:
+        if not os.path.exists(npz_path):
+            return False
         found = read_npz_shape(npz_path)
         if found is None or found[1] != np.uint8 or found[0][0] != cfg.num_samples or len(found[0]) != 4:
             raise UserError(f"{npz_path} exists but is not a complete sample batch of {cfg.num_samples} images "
                             f"({found}); move it away to regenerate")
         say(f"{npz_path} is complete: nothing to do")
         say(os.path.abspath(npz_path))
-        return npz_path
+        return True
 
+    if complete():
+        return npz_path
     decoder.load(ck.model, device)
     model = prepare_model(ck.model, gen.sampling)
     init_distributed(env, device)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(env.close)
+        refused = None
+        if main_proc:                                                   # one run per folder at a time
+            try:
+                took_over = stack.enter_context(folder_lock(folder + ".lock", folder))
+                if took_over:
+                    note(took_over)
+            except UserError as e:
+                refused = e
+        if not _agree(env, device, refused is None):
+            raise refused or UserError("another run holds the folder's lock")
+        if complete():                                                  # finished while this run loaded
+            return npz_path
         batches = Batches(folder, cfg.num_samples, cfg.per_proc_batch_size)
         if main_proc:
             os.makedirs(batches.shard_dir, exist_ok=True)
+            for stale in (cfg.sample_dir, folder, batches.shard_dir):    # partial files of a killed run
+                remove_stale_temps(stale)
             if not os.path.isfile(settings_path):
                 write_json(settings_path, dict(settings=settings, checkpoint=ck.path, config=to_dict(cfg),
                                               created_by="generate.py"), indent=2)
@@ -182,6 +225,7 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
         if len(todo) < len(mine):
             say(f"resuming: {len(mine) - len(todo)} of this process's {len(mine)} batches are done")
         done = len(mine) - len(todo)
+        progress.update(done=done, total=len(mine))
         stopped = max_batches is not None and max_batches < len(todo)      # a partial run, resumed later
         todo = todo[:max_batches] if stopped else todo
         images = generate_images(model, gen.sampling, (batches.indices(j) for j in todo), seed=gen.seed,
@@ -191,6 +235,7 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
                   dynamic_ncols=True) as bar:
             for j, batch in zip(todo, images):
                 batches.save(j, batch, cfg.write_png)
+                progress["done"] += 1
                 bar.update(1)
         if stopped:
             return None
@@ -199,6 +244,4 @@ def run_generation(cfg: GenerateConfig, max_batches: Optional[int] = None) -> Op
             batches.merge(npz_path)
             say(os.path.abspath(npz_path))
         env.barrier(device)
-    finally:
-        env.close()
     return npz_path

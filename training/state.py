@@ -51,13 +51,14 @@ def checkpoint_state(model, ema, optimizer, scheduler, step: int, accumulation: 
                 config=config, dataset=dataset)
 
 
-def restore_state(path: str, model, ema, optimizer, scheduler, accumulation: int) -> int:
+def restore_state(path: str, model, ema, optimizer, scheduler, accumulation: int, ckpt: dict | None = None) -> int:
     """Load the checkpoint at `path` into the run's objects and this process's RNGs; returns its step.
 
     The checkpoint must hold the very model the config builds (same `arch`, strict loading) and come from a run
     with the same gradient accumulation (its data position must be the step's), else a one-line UserError.
+    `ckpt`: the checkpoint at `path` when the caller has loaded it already.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if ckpt["arch"] != model.arch:
         diff = sorted(k for k in set(ckpt["arch"]) | set(model.arch) if ckpt["arch"].get(k) != model.arch.get(k))
         raise UserError(f"{path} holds a different model ({', '.join(diff)} differ) than this config builds")

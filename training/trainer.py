@@ -15,7 +15,9 @@ Gradient clipping is folded into the fused AdamW kernel: the kernel divides grad
 skips the update when `found_inf` is set (the protocol torch's GradScaler uses), so clipping costs one norm
 and no extra pass over the gradients, and a non-finite gradient never reaches the weights. The first step
 with a non-finite loss is recorded on the device; the run stops at the next log or checkpoint with a message
-naming that step, without writing a checkpoint.
+naming that step, without writing a checkpoint. SIGTERM, SIGINT and SIGUSR1 (a preempting scheduler, Ctrl-C)
+finish the step in flight, save it on every rank and end the run (`utils/signals.py`); `training/resume.py`
+says which checkpoint a run continues and which options may change on resume.
 
 The trainer compares no family name and never asks the data kind. The model's family picks its
 objective once (`loss.OBJECTIVES`), which validates the options and draws each step's condition and noise; the
@@ -43,14 +45,17 @@ from dataio.dataset import load_dataset
 from dataio.loader import StepBatchSampler, make_loader
 from loss import OBJECTIVES, slice_draws
 from models import build_model
-from models.checkpoint import atomic_save, latest_checkpoint
+from models.checkpoint import atomic_save, load_checkpoint
 from training.grids import grid_low_budget, write_sample_grids
-from training.options import TrainConfig, model_overrides
+from training.options import TrainConfig, experiment_dir, model_overrides
 from training.repa import load_repa_encoders, target_features
+from training.resume import apply_optimizer_settings, check_changes, checkpoint_to_resume
 from training.state import checkpoint_state, restore_state, step_seed
 from training.tracking import grid_tags, open_tracker
+from utils.atomic import remove_stale_temps, writable_dir
 from utils.cli import save_config, to_dict
 from utils.errors import UserError, user_errors
+from utils.signals import StopRequest
 
 
 class Trainer:
@@ -62,8 +67,8 @@ class Trainer:
         on_gpu = torch.cuda.is_available()
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-        if cfg.global_batch_size < 1 or cfg.gradient_accumulation_steps < 1:
-            raise UserError("global_batch_size and gradient_accumulation_steps must be >= 1")
+        self.exp_dir = experiment_dir(cfg)
+        writable_dir(self.exp_dir, "output folder")                     # a file or read-only: refused now
 
         # Data first: the model's input size, channels and classes come from the dataset's metadata.
         if dataset is None:
@@ -94,6 +99,8 @@ class Trainer:
             model = build_model(cfg.model, **model_overrides(cfg, **info, **repa), **(model_kwargs or {}))
         # The family's objective checks its options now; per step it draws the condition (budget, stage) and noise.
         self.objective = OBJECTIVES[model.family].from_options(cfg, model)
+        if cfg.sample_num_steps < model.stages:                         # the grids fail only after training
+            raise UserError(f"sample_num_steps {cfg.sample_num_steps} is too few for {model.stages} stages")
         self.loss_fn = self.objective                   # the per-micro-batch loss (tests wrap it to watch or poison it)
         # The grids' low budget, checked now rather than after the last step (clamped or refused; training/grids.py).
         self.grid_low_budget, self.grid_note = grid_low_budget(model, cfg.sample_low_budget)
@@ -143,7 +150,6 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device)
-        self.exp_dir = os.path.join(cfg.output_dir, cfg.exp_name)
         self.ckpt_dir = os.path.join(self.exp_dir, "checkpoints")
         self.resume()
         sampler = StepBatchSampler(len(dataset), self.micro, self.world, self.rank, seed=cfg.seed,
@@ -153,20 +159,23 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     # Checkpoints.
     def resume(self) -> None:
+        """Restore `cfg.resume_step`'s checkpoint (training/resume.py: which one, which changes may apply)."""
         cfg = self.cfg
-        existing = latest_checkpoint(self.ckpt_dir)
-        if cfg.resume_step == 0:
-            if existing is not None:
-                raise UserError(f"{self.exp_dir} already holds checkpoints of an earlier run (latest "
-                                f"{os.path.basename(existing)}): pass --resume-step -1 to continue it, or "
-                                f"--exp-name NEW_NAME to start a new run beside it")
-            return
-        path = existing if cfg.resume_step < 0 else os.path.join(self.ckpt_dir, f"{cfg.resume_step:07d}.pt")
-        if path is None:
-            raise UserError(f"--resume-step {cfg.resume_step}: no checkpoint in {self.ckpt_dir}")
-        self.step = restore_state(path, self.model, self.ema, self.optimizer, self.scheduler,
-                                  cfg.gradient_accumulation_steps)
-        self.log(f"resumed from {path} at step {self.step}")
+        if self.is_main:                                                # partial saves of a killed run
+            remove_stale_temps(self.ckpt_dir)
+        path, said = checkpoint_to_resume(cfg, self.ckpt_dir, self.exp_dir)
+        if path is not None:
+            ckpt = load_checkpoint(path)
+            changes = check_changes(ckpt.get("config", {}), cfg, path)
+            self.step = restore_state(path, self.model, self.ema, self.optimizer, self.scheduler,
+                                      cfg.gradient_accumulation_steps, ckpt=ckpt)
+            apply_optimizer_settings(self.optimizer, self.scheduler, cfg)   # the options' values, used for real
+            for name, old, new in changes:
+                self.log(f"resume: {name} changed from {old!r} to {new!r} (--allow-resume-change)")
+            said += f" at step {self.step}"
+        self.log(said)
+        if self.is_main and cfg.resume_step != 0:
+            print(said, flush=True)
 
     def save(self) -> str:
         """Write checkpoints/NNNNNNN.pt atomically (main process); every process waits for it."""
@@ -315,6 +324,23 @@ class Trainer:
                    dynamic_ncols=True)
         batches = self.micro_batches()
         t0, s0 = time.time(), self.step
+        stop = StopRequest().install(self.device)
+        try:
+            self.loop(bar, batches, stop, t0, s0, tracker)
+        except BaseException:
+            stop.close(wait=False)                  # other ranks may never start the matching reduction
+            raise
+        stop.close()
+        bar.close()
+        tracker.close()
+        acc.end_training()
+        if stop.stopped_by and self.is_main:
+            print(f"stopped by {stop.name} after step {self.step}: saved {self.last_saved}; resume with the same "
+                  f"command and --resume-step auto (or -1)", flush=True)
+
+    def loop(self, bar, batches, stop: StopRequest, t0: float, s0: int, tracker) -> None:
+        """Steps until max_train_steps or an agreed stop request (then a checkpoint of the last whole step)."""
+        cfg, acc = self.cfg, self.accelerator
         while self.step < cfg.max_train_steps:
             self.train_step([next(batches) for _ in range(cfg.gradient_accumulation_steps)])
             bar.update(1)
@@ -328,13 +354,14 @@ class Trainer:
                 self.log(f"step {self.step}: loss {loss:.5f}, {rate:.1f} img/s, lr {lr:.3g}")
                 self.loss_sum.zero_()
                 t0, s0 = time.time(), self.step
-            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
-                self.log(f"saved {self.save()}")
+            stopping = stop.agreed()
+            if stopping or self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+                self.last_saved = self.save()
+                self.log(f"saved {self.last_saved}" + (f" (stop requested by {stop.name})" if stopping else ""))
+            if stopping:
+                return
             if cfg.sample_every and self.step % cfg.sample_every == 0 or self.step == cfg.max_train_steps:
                 paths = self.sample_grids()
                 for path in paths:
                     self.log(f"sample grid {path}")
                 tracker.log_images(grid_tags(paths), step=self.step)
-        bar.close()
-        tracker.close()
-        acc.end_training()

@@ -5,7 +5,8 @@
 Values come from, in increasing precedence: the schema's defaults, each `--config FILE.yaml` in the order
 given (a later file overrides an earlier one), command-line flags. Flags accept dashes or underscores (so do
 YAML keys); booleans are negatable (`--compile` / `--no-compile`); Optional values accept `none`; lists take
-several values (`--budgets 1 0.5 0.25`). `--print-config` prints the resolved YAML and exits; `save_config`
+several values (`--budgets 1 0.5 0.25`); a field typed `Union[int, Literal["auto"]]` takes either (`--resume-step
+auto`, `--resume-step -1`). `--print-config` prints the resolved YAML and exits; `save_config`
 writes it beside every run. This module knows nothing of models or data: each schema lives beside the code
 it configures (`training/options.py`, `sampling/options.py`, ...).
 
@@ -71,10 +72,10 @@ def _describe(bounds: dict) -> str:
 # Values.
 
 def _base_type(tp):
-    """Optional[X] -> (X, True); X -> (X, False)."""
+    """Optional[X] -> (X, True); X -> (X, False); Union[int, Literal['auto']] stays a union (tried in order)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), type(None) in typing.get_args(tp)
     return tp, False
 
 
@@ -86,6 +87,14 @@ def _check_value(name: str, value, tp, finite: bool = True):
             return None
         raise UserError(f"config key '{name}' may not be null")
     origin = typing.get_origin(base)
+    if origin is typing.Union:                              # e.g. resume_step: an int or 'auto'
+        for option in typing.get_args(base):
+            try:
+                return _check_value(name, value, option, finite)
+            except UserError:
+                pass
+        raise UserError(f"config key '{name}' must be {' or '.join(_type_name(a) for a in typing.get_args(base))}, "
+                        f"got {value!r}")
     if origin is Literal:
         choices = typing.get_args(base)
         if value not in choices:
@@ -122,6 +131,12 @@ def _check_value(name: str, value, tp, finite: bool = True):
     raise TypeError(f"unsupported config type {tp} for {name}")
 
 
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
 _OPS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
@@ -130,6 +145,8 @@ def _check_bounds(name: str, value, bounds: dict) -> None:
     if not bounds or value is None:
         return
     for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str):                              # the word of an int-or-word field ('auto')
+            continue
         if not all(_OPS[k](v, b) for k, b in bounds.items()):
             raise UserError(f"config key '{name}' must be {_describe(bounds)}, got {v!r}")
 
@@ -141,6 +158,11 @@ def _parse_scalar(text: str, tp, name: str):
         return None
     if typing.get_origin(base) is Literal:
         return text
+    if typing.get_origin(base) is typing.Union:              # int or a word: the int when it reads as one
+        try:
+            return int(text) if int in typing.get_args(base) else text
+        except ValueError:
+            return text
     try:
         if base is int:
             return int(text)

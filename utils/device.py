@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
@@ -9,10 +10,20 @@ import torch
 from utils.errors import UserError
 
 
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(name: Optional[str], key: str = "device") -> None:
+    """A UserError now for a device string torch would refuse later ('banana'); None is the default device."""
+    if name is not None and not _DEVICE.match(name):
+        raise UserError(f"config key '{key}' must be cpu, cuda or cuda:N, got {name!r}")
+
+
 def pick_device(requested: Optional[str], local_rank: int = 0) -> torch.device:
     """`requested` ('cuda', 'cuda:1', 'cpu', None); a bare 'cuda' means this process's GPU."""
     if requested is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    check_device_name(requested)
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():

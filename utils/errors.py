@@ -7,8 +7,12 @@ Scripts run their body under `run_main`; library code raises `UserError` for pro
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
+
+# A file that cannot be written (full disk, quota, read-only, permissions) is the user's to fix: one line.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class UserError(Exception):
@@ -32,4 +36,9 @@ def run_main(fn) -> None:
         if os.environ.get("ELIT_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS or os.environ.get("ELIT_DEBUG"):
+            raise
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         sys.exit(2)

@@ -39,6 +39,15 @@ def _device(name) -> torch.device:
     return device
 
 
+def _worker_errors(batches):
+    """A UserError raised in a DataLoader worker (an unreadable image) comes back with the worker's traceback in
+    its message: keep its one line."""
+    try:
+        yield from batches
+    except UserError as e:
+        raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+
+
 def encode(cfg: EncodeConfig) -> None:
     """`dataset_tools.py encode`: write (or finish) the latent dataset of `cfg`; a no-op when it is there."""
     if not cfg.source or not cfg.dest:
@@ -76,7 +85,8 @@ def encode(cfg: EncodeConfig) -> None:
     loader = torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=cfg.num_workers,
                                          pin_memory=device.type == "cuda")
     start = last_save = time.time()
-    for batch, pixels in zip(batches, progress(loader, total=len(batches), desc="encode", unit="batch")):
+    stream = progress(_worker_errors(loader), total=len(batches), desc="encode", unit="batch")
+    for batch, pixels in zip(batches, stream):
         mean, std = vae_io.encode_images(model, pixels)                          # (b, C, h, w) float32
         if mean_mm is None:
             shape = (n, *mean.shape[1:])
