@@ -24,7 +24,7 @@ from dataio.writers import save_grid
 from evaluation.classifier import agreement, fit_classifier
 from samplers import sample_model
 
-CLASS_ROWS = 16                 # up to this many classes, a grid has one row per class
+CLASS_ROWS = 8                  # up to this many classes (the demo's six), a grid has one row per class
 PER_CLASS = 8                   # images per class row
 GRID_SIDE = 128                 # images smaller than this are enlarged (nearest) by GRID_SIDE // side
 CHECK_IMAGES = 2000             # real images the class check's classifier sees (every 5th held out)
