@@ -77,9 +77,8 @@ def fit_class_check(dataset, to_images: Callable[[dict], torch.Tensor], num_clas
     (`to_images`: a collated batch -> uint8 (B, H, W, C)); -> (classifier, its accuracy on the held-out fifth)."""
     batch = default_collate(dataset.__getitems__(list(range(min(len(dataset), CHECK_IMAGES)))))
     images, labels = to_images(batch).cpu(), batch["y"]
-    held = torch.arange(len(labels)) % 5 == 4
-    fit = held.logical_not() if held.logical_not().sum() > 0 else held
-    clf = fit_classifier(images[fit], labels[fit], num_classes, seed=seed)
+    held = torch.arange(len(labels)) % 5 == 4                          # image 0 is always in the fitted part
+    clf = fit_classifier(images[~held], labels[~held], num_classes, seed=seed)
     return clf, agreement(clf, images[held], labels[held]) if held.any() else float("nan")
 
 
