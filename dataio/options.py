@@ -41,7 +41,7 @@ class DemoConfig:
     """dataset_tools.py demo: a small class-conditional image dataset generated deterministically (no download)"""
     dest: str = opt("data/demo", "output folder")
     num_images: int = opt(2000, "number of images", ge=1)
-    resolution: int = opt(32, "image side in pixels", ge=1)
+    resolution: int = opt(16, "image side in pixels", ge=1)
     seed: int = opt(0, "generator seed", ge=0)
 
 

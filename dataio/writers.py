@@ -43,9 +43,12 @@ def save_png(image: np.ndarray, path: str) -> None:
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"), ".png")
 
 
-def save_grid(images, path: str, nrow: int | None = None, pad: int = 2) -> None:
-    """Save uint8 images (N, H, W, C) as one PNG grid (atomically: temp file + rename)."""
+def save_grid(images, path: str, nrow: int | None = None, pad: int = 2, scale: int = 1) -> None:
+    """Save uint8 images (N, H, W, C) as one PNG grid, `nrow` images a row (default: a square), each enlarged
+    `scale` times by pixel repetition (nearest neighbour: small images stay sharp). Atomic: temp file + rename."""
     images = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)                  # (N, sH, sW, C)
     n, h, w, c = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)

@@ -107,6 +107,8 @@ class TrainConfig(ModelOptions, DataOptions, LossOptions, OptimOptions, RunOptio
     """train.py"""
     sample_num_steps: int = opt(50, "Euler steps of the periodic sample grids", ge=1)
     sample_cfg_scale: float = opt(4.0, "guidance scale of the periodic sample grids")
+    sample_class_check: bool = opt(False, "score each grid with a tiny classifier fitted on the real images "
+                                          "(small, easy label sets such as the demo's: prints the class agreement)")
     reference_keys = REFERENCE_KEYS     # the public reference's option names (not a field): training/reference_keys.py
 
     def __post_init__(self):

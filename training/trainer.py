@@ -46,7 +46,7 @@ from dataio.loader import StepBatchSampler, make_loader
 from loss import OBJECTIVES, slice_draws
 from models import build_model
 from models.checkpoint import atomic_save, load_checkpoint
-from training.grids import grid_low_budget, write_sample_grids
+from training.grids import class_check_line, fit_class_check, grid_low_budget, write_sample_grids
 from training.options import TrainConfig, experiment_dir, model_overrides
 from training.repa import load_repa_encoders, target_features
 from training.resume import apply_optimizer_settings, check_changes, checkpoint_to_resume
@@ -150,6 +150,7 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device)
+        self.checker = None                                             # the class check's classifier, when asked
         self.ckpt_dir = os.path.join(self.exp_dir, "checkpoints")
         self.resume()
         sampler = StepBatchSampler(len(dataset), self.micro, self.world, self.rank, seed=cfg.seed,
@@ -293,9 +294,19 @@ class Trainer:
                 paths = write_sample_grids(self.ema, os.path.join(self.exp_dir, "samples"), self.step, self.decode,
                                            seed=cfg.seed, low_budget=self.grid_low_budget, device=self.device,
                                            n=n, num_steps=cfg.sample_num_steps, cfg_scale=cfg.sample_cfg_scale,
-                                           path_type=cfg.path_type, autocast_dtype=dtype)
+                                           path_type=cfg.path_type, autocast_dtype=dtype,
+                                           judge=self.class_check if cfg.sample_class_check else None)
         self.accelerator.wait_for_everyone()
         return paths
+
+    def class_check(self, path: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Print and log how often a tiny classifier fitted on the real images names each sample's class."""
+        if self.checker is None:
+            self.checker = fit_class_check(self.dataset, lambda b: self.decode(self.encode(b, None).to(self.device)),
+                                           self.ema.num_classes, self.cfg.seed)
+        line = class_check_line(*self.checker, path, images, labels)
+        tqdm.write(line)
+        self.log(line)
 
     # ------------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
