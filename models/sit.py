@@ -115,6 +115,13 @@ class SiT(nn.Module):
     budget_levels: list = []              # ELIT: the valid budget fractions; empty = no compute budgets
     stages: int = 1                       # DFM: pyramid stages (inputs are a list of `stages` tensors)
     may_leave_parameters_unused = False   # DDP needs find_unused_parameters (DFM: inactive stages)
+    # Opt-in speed/numerics trade (train.py --bf16-residual): the token stream between blocks in this dtype.
+    # None keeps the reference's precision (fp32 under autocast, as the fp32 positional table promotes it).
+    residual_dtype = None
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        """The embedded tokens in the residual stream's dtype (unchanged unless `residual_dtype` is set)."""
+        return h if self.residual_dtype is None else h.to(self.residual_dtype)
 
     def noise_shapes(self) -> list[tuple[int, ...]]:
         """Per-image shapes of the model's inputs (and of the noise a sampler draws), one per stage."""
@@ -130,7 +137,7 @@ class SiT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> raster-order tokens with positions, (B, N, D)."""
-        return self.x_embedder(x).flatten(1, 2) + self.pos_embed.to(x.dtype)
+        return self.residual(self.x_embedder(x).flatten(1, 2) + self.pos_embed.to(x.dtype))
 
     def run_blocks(self, h: torch.Tensor, c: torch.Tensor, first: int, last: int, return_features: bool = False):
         """Blocks first+1..last (1-indexed, as `repa_depth`) on tokens h (B, N, D) -> (h, feats).

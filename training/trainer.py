@@ -43,6 +43,7 @@ from dataio.loader import StepBatchSampler, make_loader
 from loss import OBJECTIVES, slice_draws
 from models import build_model
 from models.checkpoint import atomic_save, latest_checkpoint
+from training.compile import compile_for_training
 from training.grids import write_sample_grids
 from training.options import TrainConfig, model_overrides
 from training.repa import load_repa_encoder, target_features
@@ -118,9 +119,10 @@ class Trainer:
         # Model, EMA (fp32, eval mode, no grads), optimizer.
         model.to(self.device).train()
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.bf16_residual and on_gpu and cfg.mixed_precision == "bf16":
+            model.residual_dtype = torch.bfloat16                       # opt-in numerics change (models/sit.py)
         if cfg.compile:
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            model.compile_regions()
+            compile_for_training(model, cfg, os.path.join(cfg.output_dir, cfg.exp_name))
         self.model = model                                              # the bare model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(self.ema.parameters())
