@@ -26,7 +26,7 @@ from models.flops import forward_flops  # noqa: E402
 from models.graphs import fast_inference  # noqa: E402
 from samplers import sample  # noqa: E402
 from sampling.cost import measure  # noqa: E402
-from sampling.load import SD_VAE_FACTOR  # noqa: E402
+from dataio.codec import SD_VAE_FACTOR  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"      # CPU: only the smoke test of the harness
