@@ -77,10 +77,15 @@ def run(args) -> dict:
 
     # Warm-up: until every condition (budget level / stage) has been trained twice.
     t0, seen = time.time(), {}
+    last_note = t0
     while True:
         cond = json.dumps(trainer.step_condition())
         trainer.train_step(batches[trainer.step % 4])
         seen[cond] = seen.get(cond, 0) + 1
+        if time.time() - last_note >= 10:                   # the log says how far a stopped run got
+            print(f"warm-up: {time.time() - t0:.0f} s, {sum(seen.values())} steps, {len(seen)}/{levels or 1} "
+                  f"conditions seen", file=sys.stderr, flush=True)
+            last_note = time.time()
         if trainer.step >= 3 and min(seen.values()) >= 2 and (not args.multibudget or len(seen) == levels):
             break
     sync()

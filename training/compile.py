@@ -17,6 +17,9 @@ Warm-up is what a resumed run pays before it trains at speed. Three knobs, all n
   both ways.
 - `compile_mode`: torch.compile's `mode` (None = default; "max-autotune-no-cudagraphs" autotunes GEMM
   templates; "reduce-overhead" adds CUDA graphs, for fixed shapes: small models whose step is launch-bound).
+- `compile_scope`: "regions" (every block, the head, ELIT's Read/Write; the glue stays eager) or "model"
+  (the whole forward as one graph: fewer launches and guards for small models with one input shape; a
+  family with budgets or stages recompiles the whole model per budget or stage).
 """
 
 from __future__ import annotations
@@ -64,4 +67,7 @@ def compile_for_training(model: torch.nn.Module, cfg, exp_dir: Optional[str] = N
     kwargs = dict(dynamic=None if getattr(cfg, "compile_dynamic", False) else False)
     if getattr(cfg, "compile_mode", None):
         kwargs["mode"] = cfg.compile_mode
+    if getattr(cfg, "compile_scope", "regions") == "model":
+        model.compile(**kwargs)                         # nn.Module.compile: in place, the module's own call
+        return model
     return model.compile_regions(**kwargs)

@@ -75,6 +75,7 @@ class RunOptions:
     compile_cache: str = opt("auto", "persistent compile cache: auto = OUTPUT_DIR/EXP_NAME/compile_cache, off, or a folder")
     compile_dynamic: bool = opt(False, "compile with automatic dynamic shapes (ELIT budgets share graphs: short warm-up)")
     compile_mode: Optional[str] = opt(None, "torch.compile mode, e.g. max-autotune-no-cudagraphs, reduce-overhead")
+    compile_scope: Literal["regions", "model"] = opt("regions", "compile every block (regions) or the whole forward (model)")
     bf16_residual: bool = opt(False, "keep the residual stream in bf16 under bf16 autocast (changes numerics; faster)")
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)")
     resume_step: int = opt(0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh")
