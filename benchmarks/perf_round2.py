@@ -33,9 +33,10 @@ TINY_ELIT = dict(TINY, elit_head_depth=1, elit_tail_depth=1, elit_group_size=4) 
 
 
 class Section:
-    def __init__(self, name, row, argv, min_s, cap_s, tree="after", after=None):
+    def __init__(self, name, row, argv, min_s, cap_s, tree="after", after=None, gpu_only=False):
         self.name, self.row, self.argv, self.min_s, self.cap_s, self.tree = name, row, argv, min_s, cap_s, tree
         self.after = after              # only run when this section produced results (a restart needs its first)
+        self.gpu_only = gpu_only        # skipped by --smoke
 
 
 def sections(cache: str, smoke: bool) -> list[Section]:
@@ -85,6 +86,9 @@ def sections(cache: str, smoke: bool) -> list[Section]:
                                                  ["--images", "4096", "--batch-size", "128"]), 40, 110),
         S("dfm", "DFM-SiT-XL/2 training", train("DFM-SiT-XL/2"), 40, 100),
         S("sit_512", "SiT-XL/2 training at 512 px, batch 16", train("SiT-XL/2", resolution=512, batch=16), 40, 100),
+        S("profile_small", "torch.profiler of one SiT-S/2 small step (where the time goes)",
+          ["benchmarks/profile_train_step.py", "--model", "SiT-S/2", "--input-size", "32", "--channels", "1",
+           "--classes", "10", "--batch", "256"], 30, 90, gpu_only=True),
         S("small_cudagraphs", "SiT-S/2 small, compile mode reduce-overhead (CUDA graphs)",
           train("SiT-S/2", *small["pixels"], resolution=32, batch=256, steps=50,
                 extra=("--compile-mode", "reduce-overhead")), 35, 100),
@@ -98,6 +102,8 @@ def sections(cache: str, smoke: bool) -> list[Section]:
         S("small_autotune", "SiT-S/2 small, compile mode max-autotune-no-cudagraphs",
           train("SiT-S/2", *small["pixels"], resolution=32, batch=256, steps=50,
                 extra=("--compile-mode", "max-autotune-no-cudagraphs")), 60, 150),
+        S("profile_sit_xl", "torch.profiler of one SiT-XL/2 step", ["benchmarks/profile_train_step.py"], 40, 100,
+          gpu_only=True),
         S("before_sit_xl", "before: SiT-XL/2 training, batch 64", train("SiT-XL/2"), 40, 100, tree="before"),
         S("before_elit_full", "before: ELIT-SiT-XL/2 full budget", train("ELIT-SiT-XL/2"), 40, 100, tree="before"),
         S("mb_static_first", "ELIT multibudget, static shapes, empty cache",
@@ -237,6 +243,9 @@ class Runner:
              ">= 1000"),
             ("peak memory SiT-XL/2 batch 64, GiB", val(g("before_sit_xl"), "peak_mem_gib", "{:.2f}"),
              val(g("sit_xl"), "peak_mem_gib", "{:.2f}"), "<= 29.4"),
+            ("profile GPU ms per step (kernels): SiT-S/2 small / SiT-XL/2", "-",
+             f"{val(g('profile_small'), 'gpu_ms')} ({val(g('profile_small'), 'kernels_per_step', '{}')}) / "
+             f"{val(g('profile_sit_xl'), 'gpu_ms')} ({val(g('profile_sit_xl'), 'kernels_per_step', '{}')})", "-"),
             ("SiT-XL/2 --bf16-residual img/s (opt-in) / peak GiB", "-",
              f"{val(g('sit_xl_bf16_residual'), 'img_per_s')} / {val(g('sit_xl_bf16_residual'), 'peak_mem_gib', '{:.2f}')}",
              "-"),
@@ -283,7 +292,9 @@ def main(argv=None) -> int:
     try:
         for sec in chosen:
             left = args.budget_s - (time.time() - runner.t0)
-            if sec.tree == "before" and not (args.before and os.path.isdir(args.before)):
+            if sec.gpu_only and args.smoke:
+                runner.skip(sec, "GPU only")
+            elif sec.tree == "before" and not (args.before and os.path.isdir(args.before)):
                 runner.skip(sec, "no --before tree")
             elif sec.after and runner.status.get(sec.after, {}).get("state") != "ok":
                 runner.skip(sec, f"needs {sec.after}")
