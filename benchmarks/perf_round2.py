@@ -63,7 +63,7 @@ def sections(cache: str, smoke: bool) -> list[Section]:
 
     c = lambda name: ["--compile-cache", os.path.join(cache, name)]   # noqa: E731
     mb = dict(extra=("--compile-dynamic", *c("mb_dynamic")), steps=64)
-    small = dict(pixels=("--pixels", "1"), resolution=32, batch=256, steps=50)
+    small = dict(pixels=("--pixels", "1", "--min-warmup-steps", "10"))
     S = Section
     return [
         S("sit_xl", "SiT-XL/2 training, batch 64", train("SiT-XL/2", extra=c("sit")), 40, 100),

@@ -86,7 +86,8 @@ def run(args) -> dict:
             print(f"warm-up: {time.time() - t0:.0f} s, {sum(seen.values())} steps, {len(seen)}/{levels or 1} "
                   f"conditions seen", file=sys.stderr, flush=True)
             last_note = time.time()
-        if trainer.step >= 3 and min(seen.values()) >= 2 and (not args.multibudget or len(seen) == levels):
+        if (trainer.step >= max(3, getattr(args, "min_warmup_steps", 3)) and min(seen.values()) >= 2
+                and (not args.multibudget or len(seen) == levels)):
             break
     sync()
     warmup = time.time() - t0
@@ -124,6 +125,8 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--multibudget", action="store_true",
                    help="models with budget levels: draw every level (else the full budget)")
+    p.add_argument("--min-warmup-steps", type=int, default=3, help="at least this many warm-up steps (CUDA graphs: "
+                   "recorded on a later call than the first)")
     p.add_argument("--pixels", type=int, default=0, help="synthetic pixel data of this many channels (0: latents)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--model-kwargs", default="", help="JSON overrides of the registry size (smoke tests)")
