@@ -1,6 +1,6 @@
 """Throughput of `dataset_tools.py encode`: PNG decode + SD-VAE encoder, the real command's code path.
 
-    python benchmarks/encode_throughput.py --images 4096 --precision bf16 fp32 --batch-size 128
+    python benchmarks/encode_throughput.py --images 4096 --precision bf16 fp32 --batch-size 128   # + bf16 NCHW
 
 A random-init `AutoencoderKL` of the SD-VAE architecture (stabilityai/sd-vae-ft-ema's config; speed does not
 depend on the weights) is saved to a temporary folder, and a `convert`-format folder of smooth random
@@ -74,10 +74,11 @@ def main(args) -> None:
     src = make_source(os.path.join(root, "src"), args.images, args.resolution, max(workers, 1))
     print(f"made the VAE and {args.images} PNGs in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for precision in args.precision:
-        dest = os.path.join(root, f"lat-{precision}")
+    runs = [(p, True) for p in args.precision] + [(p, False) for p in args.contiguous_too]
+    for precision, channels_last in runs:
+        dest = os.path.join(root, f"lat-{precision}-{channels_last}")
         cfg = EncodeConfig(source=src, dest=dest, vae=vae, batch_size=args.batch_size, device=device,
-                           precision=precision, num_workers=workers)
+                           precision=precision, num_workers=workers, channels_last=channels_last)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -85,6 +86,7 @@ def main(args) -> None:
         encode(cfg)
         sec = time.time() - t0
         print(json.dumps(dict(kind="encode", images=args.images, resolution=args.resolution, precision=precision,
+                              channels_last=channels_last and device == "cuda",
                               batch_size=args.batch_size, num_workers=workers, seconds=round(sec, 2),
                               img_per_s=round(args.images / sec, 1), vae="tiny" if args.tiny else "SD-VAE (random)",
                               peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
@@ -99,6 +101,8 @@ if __name__ == "__main__":
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    p.add_argument("--contiguous-too", nargs="*", default=["bf16"], choices=["bf16", "fp32"],
+                   help="also run these precisions with the VAE in the default (NCHW) layout")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=None, help="PNG-decoding workers (default: CPU cores, <= 16)")
     p.add_argument("--tiny", action="store_true", help="a tiny VAE (smoke test of the harness)")

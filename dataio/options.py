@@ -30,6 +30,7 @@ class EncodeConfig:
     device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
     precision: Literal["fp32", "bf16"] = opt("fp32", "VAE encoder precision: fp32 (faithful latents) or bf16 (faster)")
     num_workers: int = opt(4, "image-decoding worker processes")
+    channels_last: bool = opt(True, "CUDA: run the VAE in channels-last layout (faster convolutions)")
 
 
 @dataclass

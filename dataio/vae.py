@@ -133,10 +133,11 @@ def batches(n: int, batch_size: Optional[int]) -> list[slice]:
 @torch.no_grad()
 def encode_images(vae, images, batch_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (B, H, W, 3) or (B, 3, H, W) (grey: 1 channel) -> posterior (mean, std), float32
-    (B, C, h, w) on the VAE's device. The forward runs in the VAE's dtype (channels-last on CUDA: the layout
-    cuDNN's fast convolutions want; `encode` also puts the weights in it); `batch_size` bounds memory."""
+    (B, C, h, w) on the VAE's device. The forward runs in the VAE's dtype and in its weights' memory layout
+    (`encode` makes it channels-last on CUDA, cuDNN's fast layout); `batch_size` bounds memory."""
     x = torch.from_numpy(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-    layout = torch.channels_last if vae.device.type == "cuda" else torch.contiguous_format
+    conv_in = vae.encoder.conv_in.weight                    # the input follows the weights' layout
+    layout = torch.channels_last if conv_in.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     means, stds = [], []
     for sl in batches(len(x), batch_size):
         # uint8 goes to the device (4x fewer bytes than floats), the same exact scaling runs there

@@ -163,8 +163,8 @@ def _encode(cfg: EncodeConfig, src: dict, n: int, procs: Processes) -> None:
             print(f"{cfg.dest} already holds this dataset; nothing to do")
         return
     model = vae_io.load_vae(cfg.vae, device, dtype)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)         # cuDNN's fast layout (encode_images too)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)         # cuDNN's fast layout (encode_images follows)
     scale, shift = vae_io.latent_norm(model)
     h, w = src["resolution"]
     shape = (n, *vae_io.latent_shape(model, h, w))
