@@ -2,7 +2,8 @@
 
     compile_for_training(model, cfg)       # what Trainer does when cfg.compile
 
-Warm-up is what a resumed run pays before it trains at speed. Three knobs, all numerics-neutral:
+Warm-up is what a resumed run pays before it trains at speed. The knobs compute the same function (kernel
+choices aside: max-autotune may pick other GEMM kernels; `tests/test_perf_optins.py`, `tests/test_compile.py`):
 
 - `compile_cache` ("auto" | "off" | DIR): Inductor's FX-graph cache, the AOTAutograd cache (forward and backward
   graphs) and the Triton kernels are kept in one folder. "auto" puts it in OUTPUT_DIR/EXP_NAME/compile_cache,
