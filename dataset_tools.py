@@ -2,13 +2,14 @@
 
     python dataset_tools.py convert --source imagenet/train --dest data/in256 --resolution 256x256
     python dataset_tools.py encode  --source data/in256 --dest data/in256-sdvae      # GPU when present
+    torchrun --nproc_per_node 8 dataset_tools.py encode --source ... --dest ...     # sharded, one output
     python dataset_tools.py demo    --dest data/demo                                  # no download, seconds
     python dataset_tools.py fashion-mnist --dest data/fashion-mnist --split train     # -> data/fashion-mnist/train
 
 Each subcommand takes `--config FILE.yaml` and flags (`--help` lists them). Outputs are written into
 `DEST.partial` and renamed to DEST when complete, so a `dataset.json` in DEST always means a finished
 dataset; rerunning a finished command is a no-op, and a different finished dataset is never overwritten.
-`encode` resumes an interrupted run from its last progress point.
+`encode` resumes an interrupted run from its last progress point, with any number of processes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Where a training step spends its GPU time: torch.profiler over two steps, kernels grouped by kind.
 
     python benchmarks/profile_train_step.py            # SiT-XL/2, batch 64, bf16, regional compile
+    python benchmarks/profile_train_step.py --model SiT-S/2 --input-size 32 --channels 1 --batch 256  # the study's
+
+Prints the table, then one JSON line (kind "profile": GPU ms per step by category).
 """
 import json, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,13 +18,14 @@ dev = "cuda"
 OUT = os.environ.get("OUT", ".")
 
 
-def train_profile(name="SiT-XL/2", batch=64):
+def train_profile(name="SiT-XL/2", batch=64, input_size=32, channels=4, classes=1000):
     torch.manual_seed(0)
-    model = build_model(name).to(dev).compile_regions()
+    model = build_model(name, input_size=input_size, in_channels=channels, num_classes=classes).to(dev).compile_regions()
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     ema = [p.detach().clone() for p in params]
-    x = torch.randn(batch, 4, 32, 32, device=dev); y = torch.randint(0, 1000, (batch,), device=dev)
+    x = torch.randn(batch, channels, input_size, input_size, device=dev)
+    y = torch.randint(0, classes, (batch,), device=dev)
 
     def step():
         t = torch.rand(batch, device=dev); eps = torch.randn_like(x)
@@ -53,9 +57,22 @@ def train_profile(name="SiT-XL/2", batch=64):
     print(f"{name} train step: {total:.1f} ms GPU; by category:", {k: round(v, 1) for k, v in cats.items()})
     for k, ms, n in rows[:30]:
         print(f"  {ms:7.2f} ms  x{n:4d}  {k[:110]}")
+    kernels = sum(n for _, _, n in rows)
+    print(json.dumps(dict(kind="profile", model=name, batch=batch, input_size=input_size, channels=channels,
+                          gpu_ms=round(total, 2), kernels_per_step=kernels,
+                          by_category={k: round(v, 2) for k, v in cats.items()},
+                          device=torch.cuda.get_device_name(), torch=torch.__version__)), flush=True)
     del model, opt, ema, params; torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="SiT-XL/2")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=32, help="model input side (latents: image side / 8)")
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--classes", type=int, default=1000)
+    a = p.parse_args()
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
-    train_profile("SiT-XL/2")
+    train_profile(a.model, a.batch, a.input_size, a.channels, a.classes)

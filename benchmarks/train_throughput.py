@@ -2,6 +2,8 @@
 
     python benchmarks/train_throughput.py --model SiT-XL/2 --batch 64                      # one GPU
     python benchmarks/train_throughput.py --model ELIT-SiT-XL/2 --multibudget
+    python benchmarks/train_throughput.py --model SiT-S/2 --pixels 1 --resolution 32 --batch 256   # the study's
+    python benchmarks/train_throughput.py --model ELIT-SiT-XL/2 --multibudget -- --compile-dynamic --compile-cache DIR
     torchrun --nproc_per_node 2 benchmarks/train_throughput.py --model SiT-XL/2            # DDP, batch per GPU
     python benchmarks/train_throughput.py --model SiT-XL/2 --batch 64 --gradient-checkpointing  # recompute blocks
 
@@ -33,11 +35,17 @@ def sync():
 
 
 class SyntheticLatents:
-    """Stands in for a latent dataset: metadata only (batches are made on the device)."""
+    """Stands in for a latent dataset (or, with `pixels` = C channels, a pixel dataset of 10 classes): metadata
+    only (batches are made on the device)."""
 
-    def __init__(self, resolution: int, count: int = 1_000_000):
-        self.meta = dict(kind="latents", count=count, num_classes=1000, latent_shape=[4, resolution // 8, resolution // 8],
-                         image_resolution=[resolution, resolution], latent_scale=1.0, latent_shift=0.0, vae="none")
+    def __init__(self, resolution: int, count: int = 1_000_000, pixels: int = 0):
+        if pixels:
+            self.meta = dict(kind="pixels", count=count, num_classes=10, resolution=[resolution, resolution],
+                             channels=pixels)
+        else:
+            self.meta = dict(kind="latents", count=count, num_classes=1000, image_resolution=[resolution, resolution],
+                             latent_shape=[4, resolution // 8, resolution // 8], latent_scale=1.0, latent_shift=0.0,
+                             vae="none")
 
     def __len__(self):
         return self.meta["count"]
@@ -47,6 +55,7 @@ class SyntheticLatents:
 
 
 def run(args) -> dict:
+    start = time.time()
     out = tempfile.mkdtemp(prefix="bench-")
     flags = ["--model", args.model, "--global-batch-size", str(args.batch * int(os.environ.get("WORLD_SIZE", 1))),
              "--output-dir", out, "--exp-name", "bench", "--report-to", "none", "--no-progress",
@@ -57,22 +66,31 @@ def run(args) -> dict:
     if args.multibudget:                        # every level: mask probabilities 0 .. 1 - 1/K (the default max)
         flags += ["--elit-min-mask-prob", "0"]
     cfg = parse_config(TrainConfig, flags + args.extra)
-    trainer = Trainer(cfg, dataset=SyntheticLatents(args.resolution))
+    kwargs = json.loads(args.model_kwargs) if getattr(args, "model_kwargs", "") else None
+    trainer = Trainer(cfg, dataset=SyntheticLatents(args.resolution, pixels=getattr(args, "pixels", 0)),
+                      model_kwargs=kwargs)
+    build = time.time() - start
     levels = len(trainer.model.budget_levels)
-    dev, shape = trainer.device, trainer.meta["latent_shape"]
+    dev, shape, classes = trainer.device, trainer.codec.model_shape(), trainer.meta["num_classes"]
     g = torch.Generator(device=dev).manual_seed(trainer.rank)
     batches = [[dict(x=torch.randn(trainer.micro, *shape, device=dev, generator=g),
                      std=torch.rand(trainer.micro, *shape, device=dev, generator=g) * 0.1,
-                     y=torch.randint(0, 1000, (trainer.micro,), device=dev, generator=g))
+                     y=torch.randint(0, classes, (trainer.micro,), device=dev, generator=g))
                 for _ in range(cfg.gradient_accumulation_steps)] for _ in range(4)]
 
     # Warm-up: until every condition (budget level / stage) has been trained twice.
     t0, seen = time.time(), {}
+    last_note = t0
     while True:
         cond = json.dumps(trainer.step_condition())
         trainer.train_step(batches[trainer.step % 4])
         seen[cond] = seen.get(cond, 0) + 1
-        if trainer.step >= 3 and min(seen.values()) >= 2 and (not args.multibudget or len(seen) == levels):
+        if time.time() - last_note >= 10:                   # the log says how far a stopped run got
+            print(f"warm-up: {time.time() - t0:.0f} s, {sum(seen.values())} steps, {len(seen)}/{levels or 1} "
+                  f"conditions seen", file=sys.stderr, flush=True)
+            last_note = time.time()
+        if (trainer.step >= max(3, getattr(args, "min_warmup_steps", 3)) and min(seen.values()) >= 2
+                and (not args.multibudget or len(seen) == levels)):
             break
     sync()
     warmup = time.time() - t0
@@ -90,7 +108,8 @@ def run(args) -> dict:
                   multibudget=bool(args.multibudget), compile=args.compile,
                   gradient_checkpointing=bool(args.gradient_checkpointing), steps=args.steps,
                   img_per_s=round(args.batch * world * args.steps / elapsed, 1),
-                  step_ms=round(1000 * elapsed / args.steps, 2), warmup_s=round(warmup, 1),
+                  step_ms=round(1000 * elapsed / args.steps, 2), warmup_s=round(warmup, 1), build_s=round(build, 1),
+                  warmup_steps=sum(seen.values()), extra=" ".join(args.extra),
                   peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
                   conditions_timed=len({json.dumps(c) for c in conds}),
                   device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__)
@@ -110,9 +129,13 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--multibudget", action="store_true",
                    help="models with budget levels: draw every level (else the full budget)")
+    p.add_argument("--min-warmup-steps", type=int, default=3, help="at least this many warm-up steps (CUDA graphs: "
+                   "recorded on a later call than the first)")
+    p.add_argument("--pixels", type=int, default=0, help="synthetic pixel data of this many channels (0: latents)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each block's activations in the backward pass (train.py's option)")
+    p.add_argument("--model-kwargs", default="", help="JSON overrides of the registry size (smoke tests)")
     p.add_argument("--json", help="append the result to this JSON-lines file")
     p.add_argument("extra", nargs="*", help="extra train.py flags after --, e.g. -- --gradient-accumulation-steps 2")
     run(p.parse_args())

@@ -31,6 +31,7 @@ class EncodeConfig:
     device: Optional[str] = opt(None, "cuda / cpu (default: cuda when available)")
     precision: Literal["fp32", "bf16"] = opt("fp32", "VAE encoder precision: fp32 (faithful latents) or bf16 (faster)")
     num_workers: int = opt(4, "image-decoding worker processes", ge=0)
+    channels_last: bool = opt(True, "CUDA: run the VAE in channels-last layout (faster convolutions)")
 
     def __post_init__(self):
         check_device_name(self.device)

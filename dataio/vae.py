@@ -105,6 +105,13 @@ def latent_norm(vae) -> tuple[float, float]:
     return float(scale), float(shift or 0.0)
 
 
+def latent_shape(vae, height: int, width: int) -> tuple[int, int, int]:
+    """(C, h, w) of the posterior of height x width images: config.latent_channels, and one halving per down
+    block but the last (AutoencoderKL's encoder), e.g. 4 x 32 x 32 for the SD VAE at 256 px."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(vae.config.latent_channels), height // factor, width // factor
+
+
 def images_to_float(images) -> torch.Tensor:
     """uint8 (B, H, W, C) or (B, C, H, W), numpy or torch, C in {1, 3} -> float (B, 3, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
@@ -126,11 +133,16 @@ def batches(n: int, batch_size: Optional[int]) -> list[slice]:
 @torch.no_grad()
 def encode_images(vae, images, batch_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (B, H, W, 3) or (B, 3, H, W) (grey: 1 channel) -> posterior (mean, std), float32
-    (B, C, h, w) on the VAE's device. The forward runs in the VAE's dtype; `batch_size` bounds memory."""
-    x = images_to_float(images)
+    (B, C, h, w) on the VAE's device. The forward runs in the VAE's dtype and in its weights' memory layout
+    (`encode` makes it channels-last on CUDA, cuDNN's fast layout); `batch_size` bounds memory."""
+    x = torch.from_numpy(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    conv_in = vae.encoder.conv_in.weight                    # the input follows the weights' layout
+    layout = torch.channels_last if conv_in.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     means, stds = [], []
     for sl in batches(len(x), batch_size):
-        dist = vae.encode(x[sl].to(device=vae.device, dtype=vae.dtype)).latent_dist
+        # uint8 goes to the device (4x fewer bytes than floats), the same exact scaling runs there
+        pixels = images_to_float(x[sl].to(vae.device, non_blocking=True))
+        dist = vae.encode(pixels.to(dtype=vae.dtype, memory_format=layout)).latent_dist
         means.append(dist.mean.float())
         stds.append(dist.std.float())
     return torch.cat(means), torch.cat(stds)

@@ -75,7 +75,7 @@ class DFMSiT(SiT):
                 h = h + embedder(xs[s]).flatten(1, 2)                  # (B, N, D)
             else:                                                      # conv of a zeroed input = its bias
                 h = h + embedder.proj.bias.to(h.dtype)
-        h, feats = self.run_blocks(h, c, 0, self.depth, return_features)
+        h, feats = self.run_blocks(self.residual(h), c, 0, self.depth, return_features)
         outs = [unpatchify(head(h, c), self.grid, self.grid, p, self.out_channels)
                 for head, p in zip(self.final_layer, self.stage_patch_sizes)]
         return (outs, feats) if return_features else outs

@@ -256,7 +256,7 @@ class ELITSiT(SiT):
         return h.reshape(B, C, self.input_size, self.input_size)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_windows(self.x_embedder(x)) + self.pos_embed.to(x.dtype)
+        return self.residual(self.to_windows(self.x_embedder(x)) + self.pos_embed.to(x.dtype))
 
     def forward(self, x, t, y, budget=None, return_features: bool = False):
         k = self.latents_per_window(budget)

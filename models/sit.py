@@ -121,6 +121,14 @@ class SiT(nn.Module):
     # instead of stored: activation memory drops from O(depth) blocks to about one, for ~1/3 more compute.
     gradient_checkpointing = False
 
+    # Opt-in speed/numerics trade (train.py --bf16-residual): the token stream between blocks in this dtype.
+    # None keeps the reference's precision (fp32 under autocast, as the fp32 positional table promotes it).
+    residual_dtype = None
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        """The embedded tokens in the residual stream's dtype (unchanged unless `residual_dtype` is set)."""
+        return h if self.residual_dtype is None else h.to(self.residual_dtype)
+
     def noise_shapes(self) -> list[tuple[int, ...]]:
         """Per-image shapes of the model's inputs (and of the noise a sampler draws), one per stage."""
         return [(self.in_channels, self.input_size, self.input_size)]
@@ -135,7 +143,7 @@ class SiT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> raster-order tokens with positions, (B, N, D)."""
-        return self.x_embedder(x).flatten(1, 2) + self.pos_embed.to(x.dtype)
+        return self.residual(self.x_embedder(x).flatten(1, 2) + self.pos_embed.to(x.dtype))
 
     def run_blocks(self, h: torch.Tensor, c: torch.Tensor, first: int, last: int, return_features: bool = False):
         """Blocks first+1..last (1-indexed, as `repa_depth`) on tokens h (B, N, D) -> (h, feats).

@@ -86,6 +86,11 @@ class RunOptions:
     compile: bool = opt(False, "torch.compile the model")
     gradient_checkpointing: bool = opt(False, "recompute each transformer block's activations in the backward "
                                        "pass (less activation memory, ~1/3 more compute; results unchanged)")
+    compile_cache: str = opt("auto", "persistent compile cache: auto = OUTPUT_DIR/EXP_NAME/compile_cache, off, or a folder")
+    compile_dynamic: bool = opt(False, "compile with automatic dynamic shapes (ELIT budgets share graphs: short warm-up)")
+    compile_mode: Optional[str] = opt(None, "torch.compile mode, e.g. max-autotune-no-cudagraphs, reduce-overhead")
+    compile_scope: Literal["regions", "model"] = opt("regions", "compile every block (regions) or the whole forward (model)")
+    bf16_residual: bool = opt(False, "keep the residual stream in bf16 under bf16 autocast (changes numerics; faster)")
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)", ge=1)
     resume_step: Union[int, Literal["auto"]] = opt(
         0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh; auto = the latest when there is "

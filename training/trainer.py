@@ -46,6 +46,7 @@ from dataio.loader import StepBatchSampler, make_loader
 from loss import OBJECTIVES, slice_draws
 from models import build_model
 from models.checkpoint import atomic_save, load_checkpoint
+from training.compile import compile_for_training
 from training.grids import class_check_line, fit_class_check, grid_low_budget, write_sample_grids
 from training.options import TrainConfig, experiment_dir, model_overrides
 from training.repa import load_repa_encoders, target_features
@@ -129,9 +130,10 @@ class Trainer:
         model.gradient_checkpointing = cfg.gradient_checkpointing        # run-time switch, not in `arch`
         model.to(self.device).train()
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.bf16_residual and on_gpu and cfg.mixed_precision == "bf16":
+            model.residual_dtype = torch.bfloat16                       # opt-in numerics change (models/sit.py)
         if cfg.compile:
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            model.compile_regions()
+            compile_for_training(model, cfg, os.path.join(cfg.output_dir, cfg.exp_name))
         self.model = model                                              # the bare model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(self.ema.parameters())
