@@ -57,7 +57,7 @@ def test_pixel_round_trip(tmp_path):
     assert x.shape == (12, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
     assert torch.equal(codec.decode(x), torch.from_numpy(np.load(tmp_path / "d" / "images.npy")))
     assert torch.equal(codec.source_images(batch), batch["x"])
-    assert codec.model_settings() == dict(input_size=8, in_channels=3, num_classes=10)
+    assert codec.model_settings() == dict(input_size=8, in_channels=3, num_classes=ds.meta["num_classes"])
     assert codec.model_input_size(8) == 8 and codec.image_resolution == 8
     # Grey images come back as RGB, each channel the grey value.
     grey = torch.randint(0, 256, (2, 5, 5, 1), dtype=torch.uint8)

@@ -512,10 +512,10 @@ class _FakeDINO(torch.nn.Module):
 def test_training_on_encoded_latents_with_repa(latents, tmp_path, monkeypatch):
     """train.py's loop on `encode` output: posterior sampling, REPA on the source images, a decoded grid."""
     import training
-    import training.trainer
+    import training.repa
     from training.options import TrainConfig
     from utils.cli import parse_config
-    monkeypatch.setattr(training.trainer, "load_repa_encoder", lambda *a, **k: _FakeDINO().requires_grad_(False))
+    monkeypatch.setattr(training.repa, "load_repa_encoder", lambda *a, **k: _FakeDINO().requires_grad_(False))
     cfg = parse_config(TrainConfig, [
         "--model", "SiT-S/2", "--data-dir", str(latents), "--output-dir", str(tmp_path), "--exp-name", "run",
         "--global-batch-size", "4", "--max-train-steps", "2", "--log-every", "1", "--sample-every", "0",

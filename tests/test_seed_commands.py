@@ -269,7 +269,7 @@ def test_elit_on_a_small_grid_finishes_its_sample_grids(work):
     # Not a budget fraction: refused before any step.
     bad = error_line(in_process(train.main, ["--model", "ELIT-SiT-XL/8", "--exp-name", "small-grid-bad",
                                              "--data-dir", "target", "--sample-low-budget", "0", *SHRINK_TRAIN]))
-    assert "sample_low_budget must be a fraction in (0, 1]" in bad
+    assert "sample_low_budget" in bad and "(0, 1]" in bad
     assert not os.path.exists("exps/small-grid-bad/checkpoints")
 
 

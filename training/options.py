@@ -117,6 +117,7 @@ class TrainConfig(ModelOptions, DataOptions, LossOptions, OptimOptions, RunOptio
     reference_keys = REFERENCE_KEYS     # the public reference's option names (not a field): training/reference_keys.py
 
     def __post_init__(self):
+        super().__post_init__()                                         # the option groups' own checks
         experiment_dir(self)                                            # refuse an escaping exp_name at once
 
 

@@ -67,8 +67,8 @@ def checkpoint_to_resume(cfg, ckpt_dir: str, exp_dir: str) -> tuple[Optional[str
     if step == 0:
         if latest is not None:
             raise UserError(f"{exp_dir} already holds checkpoints of an earlier run (latest "
-                            f"{os.path.basename(latest)}): pass --resume-step -1 (or auto) to continue it, or "
-                            f"--exp-name NEW_NAME to start a new run beside it")
+                            f"{os.path.basename(latest)}): pass --resume-step -1 to continue it (auto: the same for a "
+                            f"requeued job), or --exp-name NEW_NAME to start a new run beside it")
         return None, "starting fresh"
     path = latest if step < 0 else os.path.join(ckpt_dir, f"{step:07d}.pt")
     if path is None or not os.path.isfile(path):

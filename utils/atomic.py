@@ -96,15 +96,26 @@ def remove_stale_temps(folder: str) -> list[str]:
 
 
 def writable_dir(path: str, what: str = "output folder") -> str:
-    """Create `path` if needed and check that files can be written into it; else one UserError, now."""
+    """Check now that files can be written into `path` (else one UserError). Folders created for the check are
+    removed again, so a run refused later (e.g. a checkpoint mismatch) leaves nothing behind."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{what} {path} is a file, not a folder")
+    created, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        created.append(p)
+        p = os.path.dirname(p)
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path, prefix=_owner_tag()):
             pass
     except OSError as e:
         raise UserError(f"cannot write into {what} {path}: {e.strerror or e}") from None
+    finally:
+        for folder in created:                                  # deepest first; stops at one another run filled
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
     return path
 
 
@@ -114,6 +125,7 @@ def folder_lock(path: str, what: str = "this folder"):
 
     A lock whose process is dead (same host) is taken over; yields a note saying so, else None.
     """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     mine = json.dumps(dict(pid=os.getpid(), host=socket.gethostname()))
     note = None
     for _ in range(2):
