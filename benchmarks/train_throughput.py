@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from dataio.codec import SD_VAE_FACTOR  # noqa: E402
 from training import Trainer  # noqa: E402
 from training.options import TrainConfig  # noqa: E402
 from utils.cli import parse_config  # noqa: E402
@@ -44,7 +45,7 @@ class SyntheticLatents:
                              channels=pixels)
         else:
             self.meta = dict(kind="latents", count=count, num_classes=1000, image_resolution=[resolution, resolution],
-                             latent_shape=[4, resolution // 8, resolution // 8], latent_scale=1.0, latent_shift=0.0,
+                             latent_shape=[4, resolution // SD_VAE_FACTOR, resolution // SD_VAE_FACTOR], latent_scale=1.0, latent_shift=0.0,
                              vae="none")
 
     def __len__(self):

@@ -87,13 +87,6 @@ def one_process(source, vae_dir, tmp_path_factory):
     return dest
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_two_processes_write_the_same_bytes_as_one(one_process, source, vae_dir, tmp_path):
     dest = tmp_path / "lat2"

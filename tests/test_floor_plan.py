@@ -88,6 +88,25 @@ def test_no_family_name_comparisons_outside_the_tables():
     assert not bad, f"family names compared outside {sorted(FAMILY_TABLES)}: {bad}"
 
 
+def test_no_data_kind_branches_or_vae_factor_outside_dataio():
+    """The codec seam (issue 12.2): only dataio/ asks whether the data are pixels or latents, and the SD-VAE
+    factor is a named constant there, not a literal 8 elsewhere."""
+    kinds, eights = [], []
+    for rel in FILES:
+        if rel.startswith("dataio" + os.sep):
+            continue
+        for node in ast.walk(parse(rel)):
+            if isinstance(node, ast.Compare):
+                if any(isinstance(c, ast.Constant) and c.value in ("pixels", "latents")
+                       for c in [node.left, *node.comparators]):
+                    kinds.append(f"{rel}:{node.lineno}")
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.FloorDiv, ast.Mult)) \
+                    and isinstance(node.right, ast.Constant) and node.right.value == 8:
+                eights.append(f"{rel}:{node.lineno}")
+    assert not kinds, f"data-kind branches outside dataio/: {kinds}"
+    assert not eights, f"a literal VAE factor 8 outside dataio/ (use dataio.codec.SD_VAE_FACTOR): {eights}"
+
+
 def test_repository_imports_are_at_the_top_and_no_entry_script_is_imported():
     local, entry = [], []
     for rel, mod in FILES.items():
