@@ -31,22 +31,36 @@ def atomic_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), ".pt")
 
 
+def read_torch_file(path: str, what: str = "checkpoint", noun: str = "checkpoint of this repository",
+                    allow=(), zip_only: bool = True, map_location="cpu"):
+    """torch.load(weights_only=True) of `path` after its CRC check (`verify_zip`), with the classes in `allow`
+    also unpickled (e.g. the reference's argparse.Namespace); a missing, truncated or corrupt file is one
+    UserError naming `what`. The one read of a file: callers decide what the object is."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path}")
+    if zipfile.is_zipfile(path):
+        verify_zip(path, what)
+    elif zip_only:
+        raise UserError(f"cannot read {what} {path}: corrupt, truncated or not a {noun}")
+    try:   # mmap: tensors are paged in when used, so a sampler does not hold the optimizer state in memory
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read {what} {path}: corrupt, truncated or not a {noun} ({first})") from None
+
+
+def not_ours(path: str) -> UserError:
+    """The error for a readable file that is not one of our checkpoints."""
+    return UserError(f"{path} is not a checkpoint of this repository (no 'arch' entry; convert reference "
+                     "checkpoints with `python -m models.convert`)")
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load one of our checkpoints with weights_only=True; a missing or corrupt file is a UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a checkpoint of this repository")
-    verify_zip(path, "checkpoint")
-    try:   # mmap: tensors are paged in when used, so a sampler does not hold the optimizer state in memory
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a checkpoint of this "
-                        f"repository ({first})") from None
+    ckpt = read_torch_file(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "arch" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of this repository (no 'arch' entry; convert reference "
-                        "checkpoints with `python -m models.convert`)")
+        raise not_ours(path)
     return ckpt
 
 

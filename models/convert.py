@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import pickle
 import re
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -53,7 +51,7 @@ import torch.nn as nn
 from utils.errors import UserError, run_main, user_errors
 
 from . import FAMILIES, SIZES, DFMSiT, ELITSiT, SiT, build_model, parse_model_name
-from .checkpoint import atomic_save, verify_zip
+from .checkpoint import atomic_save, read_torch_file
 from .layouts import LAYOUTS, detect_layout, drop_projector, infer_settings, is_state_dict, to_reference
 
 READ = "input_token_editor.adapters.0."
@@ -243,20 +241,13 @@ def convert_state_dict(state_dict: dict, name: str | None = None, settings: dict
 
 
 # ----------------------------------------------------------------------------------------------------------
+REFERENCE_GLOBALS = (argparse.Namespace,)   # the one class a reference checkpoint pickles besides plain data
+
+
 def load_reference_checkpoint(path: str) -> dict:
     """Reference checkpoints pickle an argparse.Namespace: allow exactly that class, nothing else. A missing,
     truncated, corrupt or foreign file is a one-line UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"reference checkpoint not found: {path}")
-    if zipfile.is_zipfile(path):
-        verify_zip(path, "reference checkpoint")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # paged in when used
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot read reference checkpoint {path}: corrupt, truncated or not a checkpoint "
-                        f"({first})") from None
+    ckpt = read_torch_file(path, "reference checkpoint", "checkpoint", allow=REFERENCE_GLOBALS, zip_only=False)
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a reference checkpoint (a dict with 'ema'/'model' and 'args')")
     return ckpt

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import zipfile
 
 import torch
 from safetensors import safe_open
@@ -30,7 +29,7 @@ from utils.atomic import atomic_write, write_json
 from utils.errors import UserError, run_main
 
 from . import build_from_arch
-from .checkpoint import load_checkpoint, verify_zip
+from .checkpoint import not_ours, read_torch_file
 from .convert import convert_state_dict
 from .layouts import LAYOUTS, detect_layout, is_state_dict
 
@@ -88,32 +87,38 @@ def load_exported_model(path: str) -> torch.nn.Module:
     return model.eval()
 
 
+def is_export(path: str) -> bool:
+    return os.path.isdir(path) or path.endswith(".safetensors")
+
+
+def ours_from_object(obj, path: str) -> dict | None:
+    """A loaded file -> a checkpoint dict of ours: ours as it is, a plain state dict converted in memory; None
+    for anything else (e.g. a reference checkpoint, which `sampling/load.py` converts)."""
+    if isinstance(obj, dict) and "arch" in obj:
+        return obj
+    if not is_state_dict(obj):
+        return None
+    try:
+        model, notes = convert_state_dict(obj)
+    except ValueError as e:
+        raise UserError(f"{path} is a plain state dict that does not describe its model here ({e}); convert "
+                        f"it with `python -m models.convert --ckpt {path} --out OURS.pt [--model/--set]`") from None
+    for note in notes:
+        print(f"note: {path}: {note}", file=sys.stderr)
+    sd = model.state_dict()
+    layout = detect_layout(obj)
+    return {"arch": model.arch, "ema": sd, "model": sd, "step": 0,
+            "config": {"converted_from": os.path.abspath(path), "layout": LAYOUTS[layout].source}}
+
+
 def read_checkpoint(path: str) -> dict:
     """Any weights the sampling scripts accept (see the module docstring) -> a checkpoint dict of ours."""
-    if os.path.isdir(path) or path.endswith(".safetensors"):
+    if is_export(path):
         return load_export(path)
-    if os.path.isfile(path):
-        if zipfile.is_zipfile(path):
-            verify_zip(path, "checkpoint")      # a bit-flipped file is refused, not sampled from
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:        # corrupt or a pickle of classes: load_checkpoint gives the one-line error
-            obj = None
-        if isinstance(obj, dict) and "arch" in obj:
-            return obj
-        if is_state_dict(obj):
-            try:
-                model, notes = convert_state_dict(obj)
-            except ValueError as e:
-                raise UserError(f"{path} is a plain state dict that does not describe its model here ({e}); convert "
-                                f"it with `python -m models.convert --ckpt {path} --out OURS.pt [--model/--set]`") from None
-            for note in notes:
-                print(f"note: {path}: {note}", file=sys.stderr)
-            sd = model.state_dict()
-            layout = detect_layout(obj)
-            return {"arch": model.arch, "ema": sd, "model": sd, "step": 0,
-                    "config": {"converted_from": os.path.abspath(path), "layout": LAYOUTS[layout].source}}
-    return load_checkpoint(path)
+    ckpt = ours_from_object(read_torch_file(path), path)    # one read, CRC-checked: a bit flip is refused
+    if ckpt is None:
+        raise not_ours(path)
+    return ckpt
 
 
 def main(argv=None) -> None:

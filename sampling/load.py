@@ -24,7 +24,6 @@ import json
 import os
 import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 
 from dataio.codec import Codec, checkpoint_record
-from models.checkpoint import model_from_checkpoint
-from models.convert import checkpoint_from_reference, load_reference_checkpoint
-from models.export import read_checkpoint as read_ours
+from models.checkpoint import model_from_checkpoint, not_ours, read_torch_file
+from models.convert import REFERENCE_GLOBALS, checkpoint_from_reference
+from models.export import is_export, load_export, ours_from_object
 from sampling.distributed import dist_env
 from sampling.reference_keys import check_checkpoint_expectations
 from utils.errors import UserError, user_errors
@@ -77,38 +76,32 @@ def checkpoint_label(path: str, config) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", label)
 
 
-def _reference_checkpoint(path: str) -> Optional[dict]:
-    """The checkpoint at `path` if it is one of the public reference's (its layout, no `arch`), else None."""
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        ckpt = load_reference_checkpoint(path)          # allow-list: argparse.Namespace and plain data only
-    except Exception:                                   # other pickled classes, truncated files: not ours to say
-        return None
-    if not isinstance(ckpt, dict) or "arch" in ckpt:
-        return None
-    state = next((ckpt[k] for k in ("ema", "model") if isinstance(ckpt.get(k), dict)), None)
-    if state is None or not any(k == "pos_embed" or k.startswith("x_embedder.") for k in state):
-        return None
-    return ckpt
+def _is_reference(obj) -> bool:
+    """Whether a loaded file is one of the public reference's checkpoints (its layout, no `arch`)."""
+    if not isinstance(obj, dict) or "arch" in obj:
+        return False
+    state = next((obj[k] for k in ("ema", "model") if isinstance(obj.get(k), dict)), None)
+    return state is not None and any(k == "pos_embed" or k.startswith("x_embedder.") for k in state)
 
 
 def read_checkpoint(path: str, weights: str = "ema", model: Optional[str] = None,
                     resolution: Optional[int] = None) -> tuple[dict, Optional[str]]:
     """(our checkpoint at `path`, or a reference checkpoint converted on load (its `weights` entry); a note saying
     it was converted, or None). `model` / `resolution` (pixels): what to convert a reference checkpoint as when
-    its args do not say."""
-    try:
-        return read_ours(path), None        # ours, an export (safetensors), or a public SiT/REPA state dict
-    except UserError:
-        ref = _reference_checkpoint(path) if os.path.isfile(path) else None
-        if ref is None:
-            raise
-    args = ref.get("args")
+    its args do not say. The file is read (and CRC-checked) once, whatever it holds."""
+    if is_export(path):
+        return load_export(path), None
+    obj = read_torch_file(path, allow=REFERENCE_GLOBALS)
+    ours = ours_from_object(obj, path)          # ours, or a public SiT/REPA state dict
+    if ours is not None:
+        return ours, None
+    if not _is_reference(obj):
+        raise not_ours(path)
+    args = obj.get("args")
     name = getattr(args, "model", None) or model
     pixels = getattr(args, "resolution", None) or resolution
     try:
-        ckpt, inferred = checkpoint_from_reference(ref, path, weights, name, pixels)
+        ckpt, inferred = checkpoint_from_reference(obj, path, weights, name, pixels)
     except UserError as e:
         raise UserError(f"{e} (a reference checkpoint: convert it with `python -m models.convert --ckpt {path} "
                         f"--out CONVERTED.pt --model NAME --set KEY=VALUE ...`)") from None
