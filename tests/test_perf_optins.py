@@ -73,14 +73,14 @@ def test_compile_cache_folder_and_settings(tmp_path, monkeypatch):
     import torch._inductor.config as inductor_config
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")
     monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else/triton")
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
-    monkeypatch.setattr(functorch_config, "enable_autograd_cache", False)
-    path = compile_lib.use_compile_cache(compile_lib.cache_dir("auto", exp))
-    assert os.path.isdir(path) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
-    assert "TRITON_CACHE_DIR" not in os.environ                     # Triton's kernels follow (ROOT/triton)
-    from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir
-    assert cache_dir() == path and triton_cache_dir(0).startswith(path)
-    assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
+    # torch's own config patching (monkeypatch's undo deletes these module-level keys: later compiles then fail)
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        path = compile_lib.use_compile_cache(compile_lib.cache_dir("auto", exp))
+        assert os.path.isdir(path) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
+        assert "TRITON_CACHE_DIR" not in os.environ                 # Triton's kernels follow (ROOT/triton)
+        from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir
+        assert cache_dir() == path and triton_cache_dir(0).startswith(path)
+        assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
 
 
 def test_compile_options_reach_compile_regions(tmp_path, monkeypatch):
