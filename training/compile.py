@@ -30,6 +30,8 @@ from typing import Optional
 
 import torch
 
+from training.options import experiment_dir
+
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"          # Inductor's cache root; Triton's cache defaults to ROOT/triton
 
 
@@ -61,14 +63,13 @@ def use_compile_cache(path: Optional[str]) -> Optional[str]:
 
 def compile_for_training(model: torch.nn.Module, cfg, exp_dir: Optional[str] = None) -> torch.nn.Module:
     """Regional torch.compile of `model` in place as `cfg` (compile_cache, compile_dynamic, compile_mode) asks."""
-    exp_dir = exp_dir or os.path.join(cfg.output_dir, cfg.exp_name)
-    use_compile_cache(cache_dir(getattr(cfg, "compile_cache", "off"), exp_dir))
+    use_compile_cache(cache_dir(cfg.compile_cache, exp_dir or experiment_dir(cfg)))
     # One graph per (region, shape): ELIT's 16 budgets x forward/backward exceed the default limit of 8.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    kwargs = dict(dynamic=None if getattr(cfg, "compile_dynamic", False) else False)
-    if getattr(cfg, "compile_mode", None):
+    kwargs = dict(dynamic=None if cfg.compile_dynamic else False)
+    if cfg.compile_mode:
         kwargs["mode"] = cfg.compile_mode
-    if getattr(cfg, "compile_scope", "regions") == "model":
+    if cfg.compile_scope == "model":
         model.compile(**kwargs)                         # nn.Module.compile: in place, the module's own call
         return model
     return model.compile_regions(**kwargs)

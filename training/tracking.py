@@ -22,7 +22,6 @@ import numpy as np
 
 from utils.errors import UserError
 
-REPORT_TO = ("tensorboard", "wandb", "none")
 WANDB_PROJECT = "elit"                          # the project of the runs, unless WANDB_PROJECT says otherwise
 
 
@@ -114,7 +113,7 @@ def open_tracker(kind: str, log_dir: str, run_name: str, config: Optional[dict] 
                  enabled: bool = True) -> Tracker:
     """The tracker of `report_to` = kind; plain config values (numbers, strings, booleans) are recorded."""
     if kind not in BACKENDS:
-        raise UserError(f"report_to must be one of {', '.join(REPORT_TO)}, got {kind!r}")
+        raise UserError(f"report_to must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if not enabled or kind == "none":
         return Tracker()
     plain = {k: v for k, v in (config or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -112,7 +112,7 @@ class Trainer:
                if model.may_leave_parameters_unused else [])
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu,
-            project_dir=os.path.join(cfg.output_dir, cfg.exp_name, "logs"), kwargs_handlers=ddp)
+            project_dir=os.path.join(self.exp_dir, "logs"), kwargs_handlers=ddp)
         acc = self.accelerator
         self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
         self.codec.device = self.device
@@ -133,7 +133,7 @@ class Trainer:
         if cfg.bf16_residual and on_gpu and cfg.mixed_precision == "bf16":
             model.residual_dtype = torch.bfloat16                       # opt-in numerics change (models/sit.py)
         if cfg.compile:
-            compile_for_training(model, cfg, os.path.join(cfg.output_dir, cfg.exp_name))
+            compile_for_training(model, cfg, self.exp_dir)
         self.model = model                                              # the bare model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(self.ema.parameters())
