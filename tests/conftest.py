@@ -9,6 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
+from dataio.sources.demo import make_demo_images  # noqa: E402
+from dataio.writers import write_pixel_dataset  # noqa: E402
 from models.checkpoint import atomic_save  # noqa: E402
 from models import build_model  # noqa: E402
 from sampling import run as sampling_run  # noqa: E402
@@ -92,6 +94,13 @@ def one_thread():
 
 
 # Tiny checkpoints as train.py writes them.
+
+def write_tiny_pixels(dest: str, count: int, side: int) -> str:
+    """A pixel dataset of `count` seeded demo images of side x side pixels at `dest`, with ten class names."""
+    write_pixel_dataset(dest, lambda: make_demo_images(count, side, seed=0)[:2], [f"c{i}" for i in range(10)],
+                        recipe=dict(test=1), created_by="test")
+    return dest
+
 
 def pixel_meta(channels: int = 3) -> dict:
     return dict(kind="pixels", resolution=[8, 8], channels=channels, num_classes=10, count=100,

@@ -17,9 +17,7 @@ from accelerate.commands.config import default_config_file
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-from conftest import ROOT, script_env
-from dataio.sources.demo import make_demo_images
-from dataio.writers import write_pixel_dataset
+from conftest import ROOT, script_env, write_tiny_pixels
 
 CONFIGS = os.path.join(ROOT, "experiments_updated", "accelerate")
 ONE_GPU, ONE_NODE = os.path.join(CONFIGS, "one_gpu.yaml"), os.path.join(CONFIGS, "one_node.yaml")
@@ -72,8 +70,7 @@ def test_two_process_cpu_run_uses_the_config(tmp_path):
     (accelerate's --cpu flag selects its single-process launcher, which would start one process: the run
     therefore hides the GPUs instead, as a CPU-only machine has none.)"""
     data = str(tmp_path / "px8")
-    write_pixel_dataset(data, lambda: make_demo_images(64, 8, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(data, 64, 8)
     env = dict(script_env(), TINY_MODEL=json.dumps(dict(hidden_size=32, depth=2, num_heads=2)))
     out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", ONE_NODE,
                           "--num_processes", "2", "--main_process_port", "29541", "tests/train_tiny.py",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from conftest import tiny_model
+from conftest import tiny_model, write_tiny_pixels
 from loss import FlowMatchingLoss, repa_projection_loss
 from models.blocks import MultiProjector, repa_projector
 from training.encoders import (CLIP_MEAN, ENCODERS, IMAGENET_MEAN, build_timm_encoder, encoder_names, weight_paths)
@@ -193,13 +193,10 @@ def test_several_encoders_average_the_per_encoder_losses(vit_s):
 
 
 def test_training_with_two_timm_encoders_writes_both_heads(vit_s, tmp_path):
-    from dataio.sources.demo import make_demo_images
-    from dataio.writers import write_pixel_dataset
     from training import Trainer
     folder, _ = vit_s
     data = str(tmp_path / "px8")
-    write_pixel_dataset(data, lambda: make_demo_images(16, 8, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(data, 16, 8)
     cfg = parse_config(TrainConfig, [
         "--model", "SiT-S/2", "--data-dir", data, "--output-dir", str(tmp_path / "out"), "--exp-name", "run",
         "--global-batch-size", "4", "--max-train-steps", "2", "--log-every", "1", "--checkpointing-steps", "2",

@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, write_checkpoint
-from dataio.sources.demo import make_demo_images
-from dataio.writers import write_pixel_dataset
+from conftest import FIXTURES, write_checkpoint, write_tiny_pixels
 from models.checkpoint import atomic_save, load_checkpoint
 from training.options import TrainConfig
 from training.resume import POLICY
@@ -165,8 +163,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     w = {"tmp": str(root)}
     w["data"] = str(root / "px8")
-    write_pixel_dataset(w["data"], lambda: make_demo_images(16, 8, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(w["data"], 16, 8)
     (root / "a_file").write_text("not a folder")
     w["file"] = str(root / "a_file")
     w["ckpt"] = write_checkpoint(str(root / "tiny.pt"), family="ELIT-SiT")

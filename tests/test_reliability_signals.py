@@ -15,9 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
-from dataio.sources.demo import make_demo_images
-from dataio.writers import write_pixel_dataset
+from conftest import ROOT, write_tiny_pixels
 
 TINY = dict(hidden_size=32, depth=3, num_heads=2)
 STEPS = 8
@@ -46,8 +44,7 @@ run_main(lambda: Trainer(parse_config(TrainConfig), model_kwargs={tiny!r}).fit()
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sig")
     data = str(root / "px8")
-    write_pixel_dataset(data, lambda: make_demo_images(32, 8, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(data, 32, 8)
     helper = root / "train_helper.py"
     helper.write_text(HELPER.format(root=ROOT, tiny=TINY))
     return dict(root=root, data=data, helper=str(helper))

@@ -9,10 +9,9 @@ import shlex
 
 import pytest
 
+from conftest import write_tiny_pixels
 from training.options import TrainConfig
 from utils.cli import parse_config
-from dataio.sources.demo import make_demo_images
-from dataio.writers import write_pixel_dataset
 
 TINY = dict(hidden_size=32, depth=4, num_heads=2)
 STEPS = 3000                # draws per line: every one of 64 levels appears with overwhelming probability
@@ -33,8 +32,7 @@ LINES = [
 @pytest.fixture(scope="module")
 def pixels32(tmp_path_factory):
     dest = str(tmp_path_factory.mktemp("data") / "px32")
-    write_pixel_dataset(dest, lambda: make_demo_images(16, 32, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(dest, 16, 32)
     return dest
 
 

@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import later_flags_win
-from dataio.sources.demo import make_demo_images
-from dataio.writers import write_pixel_dataset
+from conftest import later_flags_win, write_tiny_pixels
 from training.options import TrainConfig
 from training.tracking import Tracker, grid_tags, open_tracker
 from utils.cli import parse_config
@@ -79,8 +77,7 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def pixels(tmp_path_factory):
     dest = str(tmp_path_factory.mktemp("data") / "px8")
-    write_pixel_dataset(dest, lambda: make_demo_images(16, 8, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(dest, 16, 8)
     return dest
 
 

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, later_flags_win
+from conftest import ROOT, later_flags_win, write_tiny_pixels
 from training.options import TrainConfig, model_overrides
 from utils.cli import parse_config
-from dataio.sources.demo import make_demo_images
-from dataio.writers import write_pixel_dataset
 from utils.errors import UserError
 from models import build_model
 
@@ -26,8 +24,7 @@ TINY = dict(hidden_size=32, depth=4, num_heads=2)
 def pixels(tmp_path_factory):
     """A 64-image 8x8 RGB demo dataset."""
     dest = str(tmp_path_factory.mktemp("data") / "px8")
-    write_pixel_dataset(dest, lambda: make_demo_images(64, 8, seed=0)[:2], [f"c{i}" for i in range(10)],
-                        recipe=dict(test=1), created_by="test")
+    write_tiny_pixels(dest, 64, 8)
     return dest
 
 
