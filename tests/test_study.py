@@ -23,7 +23,7 @@ from studies.fmnist.fastloop import ModelRun
 from studies.fmnist.options import MODELS, PRESETS, SMOKE_ELIT, SMOKE_MODEL, FashionMnistStudyConfig, resolve_presets
 from studies.fmnist.report import readme_verdicts, render_report
 from studies.fmnist.rows import FULL_ROW
-from studies.fmnist.schedule import decide_compile
+from studies.fmnist.schedule import POST_S, TRAIN_SAFETY, decide_compile, final_seconds, replan
 from studies.fmnist.state import FILES_DIR, OUT_FILES, REPORT_NAME
 from utils.errors import UserError
 
@@ -184,6 +184,40 @@ def test_compile_is_chosen_when_it_pays_in_the_remaining_plan():
     assert not decide_compile(fake, "elit_multi", 0.05, done)                    # ~38 s saved, ~60 s cost
     slow = dict(sit, step_seconds=0.07)
     assert not decide_compile(fake, "elit_single", 0.066, {"sit": slow})         # compile did not pay at all
+
+
+def fake_plan(elapsed=60.0, planned=300.0, steps=None, limit="time budget"):
+    runs = {k: SimpleNamespace() for k in MODELS}
+    rows = [dict(record=dict(key=k), step_seconds=0.01) for k in ROW_KEYS]
+    return SimpleNamespace(runs=runs, planned=planned, elapsed=lambda: elapsed, final_n=100, curve_n=50,
+                           say=lambda m: None, points=[100, 200, 300, 400, 500],
+                           plan=dict(steps=500, points=[100, 200, 300, 400, 500], limit=limit),
+                           p=SimpleNamespace(steps=steps, sample_batch_size=50, sampling_steps=10), rows=rows)
+
+
+def test_replan_after_the_first_point_fills_the_budget_from_measured_costs():
+    fast, slow = fake_plan(), fake_plan()
+    replan(fast, train_seconds=10.0, curve_seconds=3.0)               # 0.1 s per step of all three
+    replan(slow, train_seconds=20.0, curve_seconds=3.0)
+    for f in (fast, slow):
+        assert f.points[0] == 100 and len(f.points) == 5 and f.points[-1] == f.plan["steps"]
+        gaps = np.diff(f.points[1:] if len(f.points) > 2 else f.points)
+        assert gaps.max() - gaps.min() <= 1                           # the later points evenly spaced
+        assert f.calibration["curve_eval_s"] == 3.0 and f.calibration["eval_overhead_s"] > 0
+    # 0.1 s/step with 3 s per curve point: the planned budget less elapsed, 3 more curve evaluations (the last
+    # point is measured with the final rows), the final rows and POST_S, at TRAIN_SAFETY
+    available = 300.0 - 60.0 - final_seconds(fast, 100) - 3 * 3.0 - POST_S
+    assert fast.plan["steps"] - 100 == int(available / (0.1 * TRAIN_SAFETY))
+    assert fast.plan["steps"] > slow.plan["steps"] > 100
+    assert fast.plan["replanned"]["from_steps"] == 500
+    capped, fixed = fake_plan(steps=600), fake_plan(steps=500, limit="--steps 500")
+    replan(capped, 10.0, 3.0)
+    replan(fixed, 1.0, 3.0)
+    assert capped.plan["steps"] == 600                                # --steps stays the upper bound
+    assert fixed.points == [100, 200, 300, 400, 500] and "replanned" not in fixed.plan
+    late = fake_plan(elapsed=299.0)
+    replan(late, 10.0, 3.0)
+    assert late.points == [100, 101, 102, 103, 104]                  # out of time: the points stay distinct
 
 
 def test_missing_source_is_one_clear_error(tmp_path):

@@ -48,6 +48,15 @@ def _verdict_lists(claims: dict) -> list[str]:
             for name, items in groups.items()]
 
 
+def _replanned(r) -> str:
+    if not r:
+        return ""
+    return (f"; re-planned after the first curve point (step {r['at_step']}) from its measured costs "
+            f"({fmt(r['seconds_per_step_all_models'] * 1e3, '.1f')} ms per step of all three, "
+            f"{fmt(r['curve_eval_s'], '.1f')} s per curve point): {r['from_steps']} -> {r['steps']} steps, "
+            f"{fmt(r['available_training_s'], '.0f')} s for the remaining training")
+
+
 def render_report(results: dict) -> str:
     """OUT/fashion_mnist_study.md from results.json."""
     s, tr, claims = results["settings"], results.get("training", {}), results.get("claims", {})
@@ -90,8 +99,9 @@ def render_report(results: dict) -> str:
                      f"{t.get('compiled', w.get('compiled', 'n/a'))} | {fmt(w.get('seconds'), '.1f')} |")
     lines += ["", f"Plan: {fmt(plan.get('seconds_per_step_all_models', 0) * 1e3, '.1f')} ms per step of all three "
               f"after warm-up; {fmt(plan.get('available_training_s'), '.0f')} s planned for training ("
-              f"{plan.get('limit', 'n/a')})" + (f"; the hard limit stopped training at step {plan['stopped_at']}"
-                                                if plan.get("stopped_at") is not None else "") + ".", "",
+              f"{plan.get('limit', 'n/a')})" + _replanned(plan.get("replanned"))
+              + (f"; the hard limit stopped training at step {plan['stopped_at']}"
+                 if plan.get("stopped_at") is not None else "") + ".", "",
               "## Learning curves", "", f"![learning curves]({FILES_DIR}/curves.png)", "",
               "| model | step | training PFLOPs | samples | FD ↓ | accuracy ↑ | FD, curve size | held-out loss ↓ | training loss |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -5,7 +5,11 @@ Time plan: the three models first time their step eagerly and, where it pays, co
 every final row's (guided) step is timed on the sampling models (latency; the same call captures the graphs
 that sampling replays). The common step count is then the largest that fits the planned budget after
 subtracting everything measured so far and the estimated evaluation cost (curve points at `curve_samples`,
-final rows at `num_samples`, from the measured step times x SAFETY). Training runs round-robin: every model
+final rows at `num_samples`, from the measured step times x SAFETY). After the first curve point the plan is
+made again from what that point cost (`replan`: measured seconds per training step and per curve evaluation,
+the evaluation overhead calibrated from it), so the run ends close to the planned budget instead of spending
+the estimates' margins idle; the remaining points are spread evenly up to the new step count.
+Training runs round-robin: every model
 to the next curve point, then each is measured, so a hard stop (before a segment that would not fit the hard
 limit) leaves all three at the same step. Rows are sampled in priority order and skipped when they no longer
 fit; if the estimate of all rows does not fit, the sample count is reduced equally for every row first.
@@ -23,8 +27,11 @@ from studies.fmnist.rows import FULL_ROW, define_rows
 from studies.fmnist.state import Study
 
 SAFETY = 1.15                  # measured step times x this, for the plan
-EVAL_OVERHEAD_S = 2.0          # per measurement: held-out loss, features, Frechet distance, copies
-POST_S = 20.0                  # plots, report, last save (planned budget)
+TRAIN_SAFETY = 1.12            # measured training seconds per step x this, when re-planning (on the H200 the
+                               # last training segments ran up to 12% slower than the first)
+EVAL_OVERHEAD_S = 1.0          # per measurement before any was made: held-out loss, features, Frechet distance
+MIN_OVERHEAD_S = 0.3           # per measurement, at least, after calibration
+POST_S = 10.0                  # plots, report, last save (planned budget; 4 s on the H200)
 COMPILE_SHARE = 0.4            # no compile for a model whose warm-up starts after this share of the plan
 COMPILE_COST = {False: 0.5, True: 1.5}   # compile cost relative to the first model's: one level / several levels
 
@@ -109,13 +116,22 @@ def row_by_key(study: Study, key: str) -> dict:
     return next(r for r in study.rows if r["record"]["key"] == key)
 
 
+def overhead(study: Study) -> float:
+    """Seconds per measurement beyond sampling: calibrated by `replan`, EVAL_OVERHEAD_S before."""
+    return getattr(study, "calibration", {}).get("eval_overhead_s", EVAL_OVERHEAD_S)
+
+
 def curve_eval_seconds(study: Study) -> float:
+    """One curve point of every model: measured by `replan` once there was one, else estimated."""
+    measured = getattr(study, "calibration", {}).get("curve_eval_s")
+    if measured is not None:
+        return measured
     return sum(measure.sampling_seconds(study, row_by_key(study, FULL_ROW[k]), study.curve_n) * SAFETY
-               + EVAL_OVERHEAD_S for k in study.runs)
+               + overhead(study) for k in study.runs)
 
 
 def final_seconds(study: Study, n: int, rows=None) -> float:
-    return sum(measure.sampling_seconds(study, r, n) * SAFETY + EVAL_OVERHEAD_S for r in (rows or study.rows))
+    return sum(measure.sampling_seconds(study, r, n) * SAFETY + overhead(study) for r in (rows or study.rows))
 
 
 def plan_steps(study: Study) -> None:
@@ -137,6 +153,34 @@ def plan_steps(study: Study) -> None:
     study.results["training"]["plan"] = study.plan
     study.say(f"plan: {steps} steps per model, curve points at {study.points} "
               f"({per_step * 1e3:.1f} ms per step of all three, {available:.0f} s for training)")
+
+
+def replan(study: Study, train_seconds: float, curve_seconds: float) -> None:
+    """After the first curve point (at study.points[0]; `train_seconds` of all three models' training to it,
+    `curve_seconds` of their measurements): the step count again from the measured costs, the remaining
+    points evenly spaced from the first to it. Nothing changes when --steps set the count."""
+    first, P = study.points[0], len(study.points)
+    if study.plan.get("limit", "").startswith("--steps") or P < 2:
+        return
+    sampled = sum(measure.sampling_seconds(study, row_by_key(study, FULL_ROW[k]), study.curve_n) for k in study.runs)
+    study.calibration = dict(curve_eval_s=curve_seconds,
+                             eval_overhead_s=max(MIN_OVERHEAD_S, (curve_seconds - sampled) / len(study.runs)))
+    per_step = train_seconds / first
+    available = (study.planned - study.elapsed() - final_seconds(study, study.final_n)
+                 - (P - 2) * curve_seconds - POST_S)
+    steps = first + max(P - 1, math.floor(available / (per_step * TRAIN_SAFETY)))
+    if study.p.steps is not None:
+        steps = min(steps, study.p.steps)
+    steps = max(steps, first + P - 1)
+    study.points = [first] + [first + round(k * (steps - first) / (P - 1)) for k in range(1, P)]
+    study.plan.update(replanned=dict(at_step=first, steps=steps, points=study.points, from_steps=study.plan["steps"],
+                                     seconds_per_step_all_models=per_step, curve_eval_s=round(curve_seconds, 2),
+                                     eval_overhead_s=round(study.calibration["eval_overhead_s"], 2),
+                                     available_training_s=round(available, 1), elapsed_s=round(study.elapsed(), 1)))
+    study.plan.update(steps=steps, points=study.points)
+    study.say(f"re-plan at step {first}: {steps} steps per model (was {study.plan['replanned']['from_steps']}), "
+              f"curve points at {study.points} ({per_step * 1e3:.1f} ms per step of all three measured, "
+              f"{curve_seconds:.1f} s per curve point, {available:.0f} s for training)")
 
 
 def train_segment(study: Study, key: str, until: int) -> float:
@@ -165,32 +209,41 @@ def train_curves(study: Study) -> None:
         study.results["curves"][key] = []
         study.results["training"][key].update(seconds=0.0, steps=0)
     final_min = final_seconds(study, study.final_n, [row_by_key(study, FULL_ROW[k]) for k in study.runs])
-    for i, s in enumerate(study.points):
-        last = i == len(study.points) - 1
+    i = 0
+    while i < len(study.points):                            # replan may move the later points
+        s, last = study.points[i], i == len(study.points) - 1
         need = (s - prev) * per_step * SAFETY + (0.0 if last else curve_eval_seconds(study)) + final_min
         if i > 0 and need > study.left():
             study.plan["stopped_at"] = prev
             study.say(f"hard limit: training stops at step {prev} ({need:.0f} s needed, {study.left():.0f} s left)")
             break
-        spent = 0.0
+        spent, each = 0.0, {}
         for key in study.runs:
             seconds = train_segment(study, key, s)
             spent += seconds
+            each[key] = round(seconds, 2)
             rec = study.results["training"][key]
             rec.update(seconds=round(rec["seconds"] + seconds, 2), steps=s, loss_log=study.runs[key].loss_log,
                        compiled=study.runs[key].compiled)
+            rec.setdefault("segments", []).append([s, round(seconds, 2)])
             rec["img_per_s"] = s * study.p.global_batch_size / rec["seconds"] if rec["seconds"] else None
         per_step = spent / max(s - prev, 1)                 # measured: the guard's next estimate
-        study.say(f"step {s}: " + ", ".join(f"{k} loss {r.loss_log[-1][1]:.4f}" for k, r in study.runs.items()
-                                            if r.loss_log) + f" ({spent:.1f} s)")
+        study.say(f"step {s}: " + ", ".join(f"{k} loss {r.loss_log[-1][1]:.4f} ({each[k]:.1f} s)"
+                                            for k, r in study.runs.items() if r.loss_log) + f", {spent:.1f} s")
         prev = s
         if not last:
+            measured = 0.0
             for key in study.runs:
                 point = measure.curve_point(study, key, study.curve_n)
+                measured += point["seconds"]
                 study.results["curves"][key].append(point)
                 study.say(f"curve {key} step {s}: FD {point['fd']:.3f}, accuracy {point['accuracy']:.4f}, "
                           f"held-out {point['heldout_loss']:.4f} ({point['seconds']:.1f} s)")
+            if i == 0:
+                replan(study, spent, measured)
+                final_min = final_seconds(study, study.final_n, [row_by_key(study, FULL_ROW[k]) for k in study.runs])
         study.save_results()
+        i += 1
     study.final_step = prev
     for key in study.runs:
         rec = study.results["training"][key]

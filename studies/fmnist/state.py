@@ -73,6 +73,7 @@ class Study:
         self.flops: dict = {}                                   # model key -> {budget or None: GFLOPs/forward}
         self.points: list[int] = []                             # curve steps
         self.plan: dict = {}
+        self.calibration: dict = {}                             # measured evaluation costs (schedule.replan)
         self.final_step = 0
         self.net = self.ref = None                              # feature network, test-set statistics
         b = self.p.sample_batch_size                            # sample counts: whole batches (one graph each)
