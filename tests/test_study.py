@@ -333,3 +333,14 @@ def test_claims_b_and_c_follow_the_stated_thresholds():
     assert {v["verdict"] for v in chance.values()} == {"not evaluated"}
     assert chance["c"]["verdict_from_numbers"] == "holds" and "not recognisable" in chance["c"]["reason"]
     assert "Not judged" in claim_sentence("c", chance["c"])
+
+
+def test_published_study_is_rendered_from_its_committed_results():
+    """docs/fashion_mnist_study.md and the README's verdict lines come from the committed results.json."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = json.load(open(os.path.join(root, "docs", FILES_DIR, "results.json")))
+    assert open(os.path.join(root, "docs", REPORT_NAME)).read() == render_report(results)
+    readme = open(os.path.join(root, "README.md")).read()
+    for line in readme_verdicts(results):
+        assert f"- {line}\n" in readme, line
+    assert f"{results['training']['plan']['steps']} steps" in readme
