@@ -27,6 +27,7 @@ from models.graphs import fast_inference  # noqa: E402
 from samplers import sample  # noqa: E402
 from sampling.cost import measure  # noqa: E402
 from dataio.codec import SD_VAE_FACTOR  # noqa: E402
+from utils.device import ATTENTION_BACKENDS, use_attention_backend  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"      # CPU: only the smoke test of the harness
@@ -34,6 +35,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"      # CPU: only the smo
 
 def prepare(args):
     torch.backends.cuda.matmul.allow_tf32 = True
+    use_attention_backend(args.attention_backend)              # before compile (as generate.py)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     torch.manual_seed(0)
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
@@ -58,7 +60,8 @@ def latency(args, prepared=None):
         print(json.dumps(dict(kind="latency", model=args.model, batch=args.batch, budget=b, ms=round(ms[b], 3),
                               flops_ratio=round(ratio, 4), latency_ratio=round(ms[b] / ms[budgets[0]], 4),
                               vs_flop_proportional=round(ms[b] / (ratio * ms[budgets[0]]), 3),
-                              graphs=args.graphs, compile=args.compile, device=device_name())),
+                              graphs=args.graphs, compile=args.compile, attention=args.attention_backend,
+                              device=device_name())),
               flush=True)
 
 
@@ -84,7 +87,7 @@ def sampling(args, prepared=None):
         print(json.dumps(dict(kind="sampling", model=args.model, batch=args.batch, steps=args.steps,
                               cfg_scale=args.cfg_scale, unconditional_budget=ub, seconds=round(sec, 3),
                               img_per_s=round(args.batch / sec, 2), graphs=args.graphs, compile=args.compile,
-                              device=device_name())), flush=True)
+                              attention=args.attention_backend, device=device_name())), flush=True)
 
 
 if __name__ == "__main__":
@@ -103,6 +106,7 @@ if __name__ == "__main__":
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--no-graphs", dest="graphs", action="store_false")
     p.add_argument("--model-kwargs", default="", help="JSON overrides of the registry size (smoke tests)")
+    p.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS), default="auto")
     a = p.parse_args()
     prep = prepare(a)
     if a.what == "latency" or (a.what == "all" and prep[0].budget_levels):

@@ -42,7 +42,7 @@ from sampling.plan import Budgets, resolve_plan
 from sampling.run import draw_inputs, prepare_model, run_sampler, sample_latents
 from utils.atomic import atomic_write, writable_dir, write_json
 from utils.cli import reference_expectations, to_dict
-from utils.device import allow_tf32, pick_device
+from utils.device import allow_tf32, pick_device, use_attention_backend
 from utils.errors import UserError, user_errors
 from utils.plots import plot_grid, pyplot, savefig
 
@@ -150,6 +150,7 @@ def run(cfg: InferenceConfig) -> dict:
     writable_dir(cfg.output_dir, "output folder")                      # a file or read-only: refused now
     device = pick_device(cfg.device, 0)
     allow_tf32(device)
+    use_attention_backend(cfg.attention_backend)
     model, ck = load_model(cfg, device)
     if not 0 <= cfg.class_label < model.num_classes:
         raise UserError(f"class_label must be in [0, {model.num_classes - 1}], got {cfg.class_label}")

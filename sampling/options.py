@@ -29,6 +29,8 @@ class SamplingOptions:
     dfm_stage_thresholds: Optional[list[float]] = opt(None, "DFM: time at which each stage but the last stops (default 0.1)", gt=0, lt=1)
     precision: Literal["bf16", "fp32"] = opt("bf16", "model precision for sampling on GPU (CPU: fp32)")
     fast: bool = opt(True, "GPU: bf16 weights, regional torch.compile and CUDA-graph replay (models/graphs.py)")
+    attention_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = opt(
+        "auto", "attention kernel tried first (utils/device.py; auto = torch's order; cudnn changes rounding)")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from sampling.plan import SamplingPlan, resolve_generation
 from sampling.shards import Batches, read_npz_shape
 from utils.atomic import folder_lock, remove_stale_temps, writable_dir, write_json
 from utils.cli import reference_expectations, to_dict
-from utils.device import allow_tf32, pick_device
+from utils.device import allow_tf32, pick_device, use_attention_backend
 from utils.errors import UserError
 
 SETTINGS_FILE = "generation.json"
@@ -166,6 +166,7 @@ def _run_generation(cfg: GenerateConfig, max_batches: Optional[int], progress: d
     writable_dir(cfg.sample_dir, "sample folder")                     # a file or read-only: refused now
     device = pick_device(cfg.device, env.local_rank)
     allow_tf32(device)
+    use_attention_backend(cfg.attention_backend)
 
     ck = load_for_sampling(cfg.ckpt, cfg.weights, device, expected=reference_expectations(cfg))
     decoder = Decoder(ck.dataset_meta, cfg.vae)

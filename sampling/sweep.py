@@ -47,7 +47,7 @@ from sampling.plan import resolve_plan
 from sampling.run import prepare_model, sample_latents
 from utils.atomic import atomic_write, write_json
 from utils.cli import opt, parse_config, to_dict
-from utils.device import allow_tf32, pick_device
+from utils.device import allow_tf32, pick_device, use_attention_backend
 from utils.errors import UserError, run_main, user_errors
 from utils.plots import plot_grid, pyplot, savefig
 
@@ -152,6 +152,7 @@ def run(cfg: SweepConfig) -> dict:
     check_options(cfg)
     device = pick_device(cfg.device, 0)
     allow_tf32(device)
+    use_attention_backend(cfg.attention_backend)
     model, ck = load_model(cfg, device)
     if cfg.class_label is not None and not 0 <= cfg.class_label < model.num_classes:
         raise UserError(f"class_label must be in [0, {model.num_classes - 1}], got {cfg.class_label}")

@@ -32,7 +32,7 @@ POLICY = {
     "sample_every": FREE, "sample_low_budget": FREE, "sample_num_steps": FREE, "sample_cfg_scale": FREE,
     "num_workers": FREE, "mixed_precision": FREE, "allow_tf32": FREE, "compile": FREE, "repa_encoder_path": FREE,
     "compile_cache": FREE, "compile_dynamic": FREE, "compile_mode": FREE, "compile_scope": FREE,
-    "bf16_residual": FREE, "gradient_checkpointing": FREE, "sample_class_check": FREE,
+    "bf16_residual": FREE, "attention_backend": FREE, "gradient_checkpointing": FREE, "sample_class_check": FREE,
     # training hyper-parameters: an intended change is allowed by name and applied
     "learning_rate": OVERRIDE, "adam_beta1": OVERRIDE, "adam_beta2": OVERRIDE, "adam_epsilon": OVERRIDE,
     "weight_decay": OVERRIDE, "warmup_steps": OVERRIDE, "max_grad_norm": OVERRIDE, "ema_decay": OVERRIDE,

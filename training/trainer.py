@@ -55,6 +55,7 @@ from training.state import checkpoint_state, restore_state, step_seed
 from training.tracking import grid_tags, open_tracker
 from utils.atomic import remove_stale_temps, writable_dir
 from utils.cli import save_config, to_dict
+from utils.device import use_attention_backend
 from utils.errors import UserError, user_errors
 from utils.signals import StopRequest
 
@@ -132,6 +133,7 @@ class Trainer:
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         if cfg.bf16_residual and on_gpu and cfg.mixed_precision == "bf16":
             model.residual_dtype = torch.bfloat16                       # opt-in numerics change (models/sit.py)
+        use_attention_backend(cfg.attention_backend)                    # before compile: traced with it
         if cfg.compile:
             compile_for_training(model, cfg, self.exp_dir)
         self.model = model                                              # the bare model

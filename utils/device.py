@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Optional
 
@@ -38,3 +39,28 @@ def allow_tf32(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# F.scaled_dot_product_attention's kernels in priority order, per choice (None: torch's own order, on Hopper
+# flash attention first). Every choice keeps the others as fallbacks for inputs its first kernel does not take
+# (cuDNN's attention takes no fp32, for instance), so a choice changes speed and rounding, never what runs.
+ATTENTION_BACKENDS = {
+    "auto": None,
+    "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "flash": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"),
+    "efficient": ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH"),
+    "math": ("MATH",),
+}
+_attention = contextlib.ExitStack()
+
+
+def use_attention_backend(name: str) -> None:
+    """Process-wide kernel order of attention (ATTENTION_BACKENDS); 'auto' restores torch's. Call it before
+    compiling: a compiled graph keeps the kernel it was traced with."""
+    if name not in ATTENTION_BACKENDS:
+        raise UserError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    _attention.close()                                           # back to torch's order (and any earlier choice)
+    order = ATTENTION_BACKENDS[name]
+    if order is not None:
+        _attention.enter_context(sdpa_kernel([getattr(SDPBackend, b) for b in order], set_priority=True))
