@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from sampling.reference_keys import REFERENCE_KEYS
 from utils.cli import opt
-from utils.device import check_device_name
+from utils.device import ATTENTION_HELP, AttentionBackend, check_device_name
 from utils.errors import UserError
 
 
@@ -29,8 +29,7 @@ class SamplingOptions:
     dfm_stage_thresholds: Optional[list[float]] = opt(None, "DFM: time at which each stage but the last stops (default 0.1)", gt=0, lt=1)
     precision: Literal["bf16", "fp32"] = opt("bf16", "model precision for sampling on GPU (CPU: fp32)")
     fast: bool = opt(True, "GPU: bf16 weights, regional torch.compile and CUDA-graph replay (models/graphs.py)")
-    attention_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = opt(
-        "auto", "attention kernel tried first (utils/device.py; auto = torch's order; cudnn changes rounding)")
+    attention_backend: AttentionBackend = opt("auto", ATTENTION_HELP)
 
 
 @dataclass

@@ -171,6 +171,7 @@ def test_fast_loop_draws_identical_batches_and_warm_up_leaves_no_trace(one_threa
 def test_compile_is_chosen_when_it_pays_in_the_remaining_plan():
     runs = {k: SimpleNamespace(allowed=[1.0] * (16 if k == "elit_multi" else 1)) for k in MODELS}
     fake = SimpleNamespace(runs=runs, planned=480.0, elapsed=lambda: 0.0, final_n=100, curve_n=100, say=lambda m: None,
+                           calibration={},
                            cfg=SimpleNamespace(eval_points=5), p=SimpleNamespace(steps=None, sample_batch_size=100,
                                                                                  sampling_steps=10),
                            rows=[dict(record=dict(key=v)) for v in FULL_ROW.values()])
@@ -190,7 +191,7 @@ def fake_plan(elapsed=60.0, planned=300.0, steps=None, limit="time budget"):
     runs = {k: SimpleNamespace() for k in MODELS}
     rows = [dict(record=dict(key=k), step_seconds=0.01) for k in ROW_KEYS]
     return SimpleNamespace(runs=runs, planned=planned, elapsed=lambda: elapsed, final_n=100, curve_n=50,
-                           say=lambda m: None, points=[100, 200, 300, 400, 500],
+                           say=lambda m: None, points=[100, 200, 300, 400, 500], calibration={},
                            plan=dict(steps=500, points=[100, 200, 300, 400, 500], limit=limit),
                            p=SimpleNamespace(steps=steps, sample_batch_size=50, sampling_steps=10), rows=rows)
 
@@ -201,7 +202,7 @@ def test_replan_after_the_first_point_fills_the_budget_from_measured_costs():
     replan(slow, train_seconds=20.0, curve_seconds=3.0)
     for f in (fast, slow):
         assert f.points[0] == 100 and len(f.points) == 5 and f.points[-1] == f.plan["steps"]
-        gaps = np.diff(f.points[1:] if len(f.points) > 2 else f.points)
+        gaps = np.diff(f.points[1:])
         assert gaps.max() - gaps.min() <= 1                           # the later points evenly spaced
         assert f.calibration["curve_eval_s"] == 3.0 and f.calibration["eval_overhead_s"] > 0
     # 0.1 s/step with 3 s per curve point: the planned budget less elapsed, 3 more curve evaluations (the last

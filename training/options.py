@@ -13,6 +13,7 @@ from models import FAMILIES, constructor_defaults, parse_model_name
 from training.encoders import encoder_names
 from training.reference_keys import REFERENCE_KEYS
 from utils.cli import opt
+from utils.device import ATTENTION_HELP, AttentionBackend
 from utils.errors import UserError
 
 
@@ -91,8 +92,7 @@ class RunOptions:
     compile_mode: Optional[str] = opt(None, "torch.compile mode, e.g. max-autotune-no-cudagraphs, reduce-overhead")
     compile_scope: Literal["regions", "model"] = opt("regions", "compile every block (regions) or the whole forward (model)")
     bf16_residual: bool = opt(False, "keep the residual stream in bf16 under bf16 autocast (changes numerics; faster)")
-    attention_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = opt(
-        "auto", "attention kernel tried first (utils/device.py; auto = torch's order; cudnn changes rounding)")
+    attention_backend: AttentionBackend = opt("auto", ATTENTION_HELP)
     checkpointing_steps: int = opt(50_000, "save a checkpoint every N steps (and at the end)", ge=1)
     resume_step: Union[int, Literal["auto"]] = opt(
         0, "resume from this step's checkpoint; -1 = the latest; 0 = start fresh; auto = the latest when there is "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -51,6 +51,8 @@ ATTENTION_BACKENDS = {
     "efficient": ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH"),
     "math": ("MATH",),
 }
+AttentionBackend = Literal[tuple(ATTENTION_BACKENDS)]           # the option's type in train.py and the samplers
+ATTENTION_HELP = "attention kernel tried first (utils/device.py; auto = torch's order; cudnn changes rounding)"
 _attention = contextlib.ExitStack()
 
 

@@ -116,18 +116,23 @@ def row_by_key(study: Study, key: str) -> dict:
     return next(r for r in study.rows if r["record"]["key"] == key)
 
 
+def full_rows(study: Study) -> list[dict]:
+    """Every model's full-budget row, unguided: the rows its curve points sample."""
+    return [row_by_key(study, FULL_ROW[k]) for k in study.runs]
+
+
 def overhead(study: Study) -> float:
     """Seconds per measurement beyond sampling: calibrated by `replan`, EVAL_OVERHEAD_S before."""
-    return getattr(study, "calibration", {}).get("eval_overhead_s", EVAL_OVERHEAD_S)
+    return study.calibration.get("eval_overhead_s", EVAL_OVERHEAD_S)
 
 
 def curve_eval_seconds(study: Study) -> float:
     """One curve point of every model: measured by `replan` once there was one, else estimated."""
-    measured = getattr(study, "calibration", {}).get("curve_eval_s")
+    measured = study.calibration.get("curve_eval_s")
     if measured is not None:
         return measured
-    return sum(measure.sampling_seconds(study, row_by_key(study, FULL_ROW[k]), study.curve_n) * SAFETY
-               + overhead(study) for k in study.runs)
+    return sum(measure.sampling_seconds(study, row, study.curve_n) * SAFETY + overhead(study)
+               for row in full_rows(study))
 
 
 def final_seconds(study: Study, n: int, rows=None) -> float:
@@ -162,7 +167,7 @@ def replan(study: Study, train_seconds: float, curve_seconds: float) -> None:
     first, P = study.points[0], len(study.points)
     if study.plan.get("limit", "").startswith("--steps") or P < 2:
         return
-    sampled = sum(measure.sampling_seconds(study, row_by_key(study, FULL_ROW[k]), study.curve_n) for k in study.runs)
+    sampled = sum(measure.sampling_seconds(study, row, study.curve_n) for row in full_rows(study))
     study.calibration = dict(curve_eval_s=curve_seconds,
                              eval_overhead_s=max(MIN_OVERHEAD_S, (curve_seconds - sampled) / len(study.runs)))
     per_step = train_seconds / first
@@ -208,9 +213,8 @@ def train_curves(study: Study) -> None:
     for key in study.runs:
         study.results["curves"][key] = []
         study.results["training"][key].update(seconds=0.0, steps=0)
-    final_min = final_seconds(study, study.final_n, [row_by_key(study, FULL_ROW[k]) for k in study.runs])
-    i = 0
-    while i < len(study.points):                            # replan may move the later points
+    final_min = final_seconds(study, study.final_n, full_rows(study))
+    for i in range(len(study.points)):                      # replan moves the later points (not their number)
         s, last = study.points[i], i == len(study.points) - 1
         need = (s - prev) * per_step * SAFETY + (0.0 if last else curve_eval_seconds(study)) + final_min
         if i > 0 and need > study.left():
@@ -241,9 +245,8 @@ def train_curves(study: Study) -> None:
                           f"held-out {point['heldout_loss']:.4f} ({point['seconds']:.1f} s)")
             if i == 0:
                 replan(study, spent, measured)
-                final_min = final_seconds(study, study.final_n, [row_by_key(study, FULL_ROW[k]) for k in study.runs])
+                final_min = final_seconds(study, study.final_n, full_rows(study))   # recalibrated
         study.save_results()
-        i += 1
     study.final_step = prev
     for key in study.runs:
         rec = study.results["training"][key]
